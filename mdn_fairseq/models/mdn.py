@@ -1,0 +1,226 @@
+"""The Mini-Decoder Network (Lin et al. 2021) as a fairseq model: ``--arch mdn`` and its variants.
+
+``MDNModel`` is fairseq's (legacy, argparse) ``TransformerModel``; only the decoder's layer and
+output projection are swapped, each by its own flag, so every trick can be switched on alone:
+
+========================  =====================================================================
+trick                     flag(s)
+========================  =====================================================================
+shallow decoder           ``--decoder-layers 1`` (with a deeper ``--encoder-layers``)
+single narrow head        ``--decoder-attention-heads 1 --decoder-attention-dim 64``
+no decoder FFN            ``--no-decoder-ffn``
+low-rank output layer     ``--output-rank 64`` (W = A·Bᵀ, A: V×E, B: H×E)
+decoder-only dropout      ``--decoder-dropout P``
+========================  =====================================================================
+
+With every trick off (``--arch mdn_transformer_base``) the model is fairseq's ``transformer``:
+same parameter names, same outputs.
+"""
+
+import copy
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass.utils import gen_parser_from_dataclass
+from fairseq.models import register_model, register_model_architecture
+from fairseq.models.transformer import TransformerConfig, TransformerDecoderBase, TransformerModel
+from fairseq.models.transformer.transformer_legacy import base_architecture
+
+from ..modules import LowRankLinear, MDNDecoderLayer, decoder_attention_dim
+
+
+@dataclass
+class MDNConfig(FairseqDataclass):
+    """The MDN switches, on top of fairseq's ``TransformerConfig`` (all off by default)."""
+
+    decoder_attention_dim: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "inner width of the decoder's self- and cross-attention (q/k/v project the model "
+            "width to it, the output projects back); default: --decoder-embed-dim. MDN: 64 with "
+            "--decoder-attention-heads 1, i.e. one of Transformer-base's eight 64-dim heads"
+        },
+    )
+    no_decoder_ffn: bool = field(
+        default=False,
+        metadata={"help": "remove the decoder's FFN sub-layer (no fc1/fc2/final_layer_norm parameters)"},
+    )
+    output_rank: int = field(
+        default=0,
+        metadata={
+            "help": "factor the output projection as W = A·Bᵀ (A: V×E, B: H×E) with E = this rank; "
+            "0 = full rank (fairseq's projection)"
+        },
+    )
+    decoder_dropout: Optional[float] = field(
+        default=None,
+        metadata={"help": "dropout of the decoder only (default: --dropout); the paper uses 0"},
+    )
+
+
+def fill_mdn_defaults(args):
+    """Give ``args`` every MDN field it lacks (tricks off): older configs and plain namespaces."""
+    for f in fields(MDNConfig):
+        if not hasattr(args, f.name):
+            setattr(args, f.name, f.default)
+    if args.no_decoder_ffn and getattr(args, "decoder_ffn_embed_dim", None) is None:
+        args.decoder_ffn_embed_dim = 0  # what "no FFN" means to the layer: an FFN of width 0
+
+
+def check_mdn_args(args):
+    """Refuse impossible MDN configurations, naming the flag and the allowed values."""
+    rank = args.output_rank
+    if rank is None or rank < 0:
+        raise ValueError(f"--output-rank must be 0 (full rank) or a positive rank <= min(V, H); got {rank}")
+    heads = args.decoder_attention_heads
+    dim = args.decoder_attention_dim
+    if dim is not None and (dim <= 0 or dim % heads != 0):
+        raise ValueError(
+            f"--decoder-attention-dim ({dim}) must be a positive multiple of --decoder-attention-heads ({heads})"
+        )
+    ffn = getattr(args, "decoder_ffn_embed_dim", None)
+    if args.no_decoder_ffn and ffn:
+        raise ValueError(
+            f"--no-decoder-ffn removes the decoder FFN, so --decoder-ffn-embed-dim ({ffn}) cannot be used "
+            "with it: drop one of the two (to put the FFN back, start from --arch mdn_transformer_base)"
+        )
+    if not args.no_decoder_ffn and ffn == 0:
+        raise ValueError("--decoder-ffn-embed-dim 0 means no decoder FFN: say so with --no-decoder-ffn")
+    if args.decoder_dropout is not None and not 0.0 <= args.decoder_dropout < 1.0:
+        raise ValueError(f"--decoder-dropout must be in [0, 1); got {args.decoder_dropout}")
+    narrow = dim is not None and dim != args.decoder_embed_dim
+    if (narrow or args.no_decoder_ffn) and getattr(args, "cross_self_attention", False):
+        raise ValueError("--cross-self-attention is not supported with --decoder-attention-dim/--no-decoder-ffn")
+    if args.no_decoder_ffn:
+        for flag in ("scale_attn", "scale_heads", "scale_fc", "scale_resids"):
+            if getattr(args, flag, False):
+                raise ValueError(f"--{flag.replace('_', '-')} is not supported with --no-decoder-ffn")
+    if rank > 0:
+        if getattr(args, "share_decoder_input_output_embed", False) or getattr(args, "share_all_embeddings", False):
+            raise ValueError(
+                "--output-rank factors the output matrix, so it cannot be tied to the input embedding: "
+                "drop --share-decoder-input-output-embed/--share-all-embeddings or use --output-rank 0"
+            )
+        if getattr(args, "adaptive_softmax_cutoff", None) is not None:
+            raise ValueError("--output-rank cannot be combined with --adaptive-softmax-cutoff")
+        if getattr(args, "base_layers", 0):
+            raise ValueError("--output-rank cannot be combined with --base-layers")
+
+
+class MDNDecoder(TransformerDecoderBase):
+    """fairseq's Transformer decoder; MDN layers and a low-rank output projection when asked for."""
+
+    def build_decoder_layer(self, cfg, no_encoder_attn=False):
+        if decoder_attention_dim(cfg) == cfg.decoder.embed_dim and not getattr(cfg, "no_decoder_ffn", False):
+            return super().build_decoder_layer(cfg, no_encoder_attn)
+        if cfg.checkpoint_activations or cfg.offload_activations:
+            raise ValueError("--checkpoint-activations is not supported for MDN decoder layers (they are tiny)")
+        return MDNDecoderLayer(cfg, no_encoder_attn)
+
+    def build_output_projection(self, cfg, dictionary, embed_tokens):
+        rank = getattr(cfg, "output_rank", 0) or 0
+        if rank == 0:
+            return super().build_output_projection(cfg, dictionary, embed_tokens)
+        self.output_projection = LowRankLinear(self.output_embed_dim, len(dictionary), rank)
+
+
+@register_model("mdn")
+class MDNModel(TransformerModel):
+    """Transformer with the Mini-Decoder Network tricks (see module docstring)."""
+
+    @classmethod
+    def hub_models(cls):
+        return {}
+
+    @classmethod
+    def add_args(cls, parser):
+        super().add_args(parser)
+        gen_parser_from_dataclass(parser, MDNConfig(), delete_default=True)
+
+    @classmethod
+    def build_model(cls, args, task):
+        fill_mdn_defaults(args)
+        base_architecture(args)
+        check_mdn_args(args)
+        return super().build_model(args, task)
+
+    @classmethod
+    def build_decoder(cls, cfg, tgt_dict, embed_tokens):
+        cfg = TransformerConfig.from_namespace(cfg)
+        if getattr(cfg, "decoder_dropout", None) is not None:
+            cfg = copy.copy(cfg)  # the encoder and the saved config keep --dropout
+            cfg.dropout = cfg.decoder_dropout
+        return MDNDecoder(cfg, tgt_dict, embed_tokens, no_encoder_attn=cfg.no_cross_attention)
+
+
+# ---------------------------------------------------------------------------------------------
+# Architectures: defaults, then a base.  Every default is a plain getattr, so any flag overrides it.
+
+
+@register_model_architecture("mdn", "mdn_transformer_base")
+def mdn_transformer_base(args):
+    """All tricks off: fairseq's Transformer-base. Switch tricks on one flag at a time (ablations)."""
+    fill_mdn_defaults(args)
+    base_architecture(args)
+
+
+def _mini_decoder(args, attention_dim, rank):
+    args.decoder_layers = getattr(args, "decoder_layers", 1)
+    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 1)
+    args.decoder_attention_dim = getattr(args, "decoder_attention_dim", attention_dim)
+    args.no_decoder_ffn = getattr(args, "no_decoder_ffn", True)
+    args.output_rank = getattr(args, "output_rank", rank)
+
+
+@register_model_architecture("mdn", "mdn")
+def mdn_architecture(args):
+    """The paper's MDN: Transformer-base dims, a 1-layer single-head (64-dim) FFN-free decoder,
+    rank-64 output; 22 encoder layers, which with a 10K target vocabulary param-match
+    Transformer-base with 32K/32K vocabularies (the authors' choice)."""
+    args.encoder_layers = getattr(args, "encoder_layers", 22)
+    _mini_decoder(args, attention_dim=64, rank=64)
+    mdn_transformer_base(args)
+
+
+@register_model_architecture("mdn", "mdn_wmt_en_de")
+def mdn_wmt_en_de(args):
+    """The authors' WMT14 En-De student: ``mdn`` with pre-norm (the deep-model setup)."""
+    args.encoder_normalize_before = getattr(args, "encoder_normalize_before", True)
+    args.decoder_normalize_before = getattr(args, "decoder_normalize_before", True)
+    mdn_architecture(args)
+
+
+@register_model_architecture("mdn", "mdn_deep")
+def mdn_deep(args):
+    """Student of a pre-norm 48-6 teacher: its 6 decoder layers and the 32K->10K target vocabulary
+    buy 16 more encoder layers (the same param-matching rule as ``mdn``), 64 in all."""
+    args.encoder_layers = getattr(args, "encoder_layers", 64)
+    mdn_wmt_en_de(args)
+
+
+def _tiny_dims(args):
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 64)
+    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 128)
+    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 4)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 64)
+    args.dropout = getattr(args, "dropout", 0.1)
+
+
+@register_model_architecture("mdn", "mdn_transformer_tiny")
+def mdn_transformer_tiny(args):
+    """Tiny dims (64 wide, 4 heads of 16), tricks off, 2+2 layers: a CPU-sized teacher/baseline."""
+    _tiny_dims(args)
+    args.encoder_layers = getattr(args, "encoder_layers", 2)
+    args.decoder_layers = getattr(args, "decoder_layers", 2)
+    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 4)
+    mdn_transformer_base(args)
+
+
+@register_model_architecture("mdn", "mdn_tiny")
+def mdn_tiny(args):
+    """Tiny dims for CPU tests and demos: 4 encoder layers, one 16-dim head (one of 4), rank 16."""
+    _tiny_dims(args)
+    args.encoder_layers = getattr(args, "encoder_layers", 4)
+    _mini_decoder(args, attention_dim=16, rank=16)
+    mdn_transformer_base(args)
