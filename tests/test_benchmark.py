@@ -1,0 +1,140 @@
+"""mdn-bench in a fast mode: tiny synthetic models, one repeat; well-formed markdown, JSON, CSV and PNG."""
+
+import csv
+import json
+import subprocess
+
+import pytest
+import torch
+
+from conftest import REPO, read_slice
+from mdn_fairseq import benchmark
+
+TINY = ["--synthetic", "mdn_transformer_tiny,mdn_tiny", "--src-vocab", "300", "--tgt-vocab", "200",
+        "--batch", "4", "--num-sentences", "6", "--out-len", "6", "--repeats", "1", "--beam", "2", "--threads", "1"]
+
+
+def table_rows(markdown, header_start="| model | #params"):
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return lines[start], rows
+
+
+def test_side_by_side_table_json_and_profile(tmp_path, capsys):
+    md, js = tmp_path / "t.md", tmp_path / "t.json"
+    benchmark.run(TINY + ["--profile", "--int8", "--out-md", str(md), "--out-json", str(js)])
+    text = md.read_text()
+    assert text in capsys.readouterr().out
+    header, rows = table_rows(text)
+    assert header == "| model | #params | sent/s | tok/s | speedup | peak mem (MiB) |"
+    assert [r[0] for r in rows] == [
+        "mdn_transformer_tiny · fairseq", "mdn_transformer_tiny · fast", "mdn_tiny · fairseq", "mdn_tiny · fast",
+        "mdn_transformer_tiny · fairseq · int8", "mdn_transformer_tiny · fast · int8",
+        "mdn_tiny · fairseq · int8", "mdn_tiny · fast · int8"]
+    assert rows[0][4] == "1.00× (1.00–1.00)" and all("× (" in r[4] for r in rows)
+    _, prof = table_rows(text, "| model | enc attn")
+    assert len(prof) == 8 and all(len(r) == 8 for r in prof)
+
+    result = json.loads(js.read_text())
+    s = result["setting"]
+    for key in ("hardware", "threads", "batch", "beam", "out_len", "torch", "repeats", "warmup", "device"):
+        assert key in s
+    assert (s["threads"], s["batch"], s["beam"], s["out_len"], s["repeats"], s["sentences"]) == (1, 4, 2, 6, 1, 6)
+    assert s["torch"] == torch.__version__ and s["hardware"]
+    r0 = result["rows"][0]
+    assert r0["speedup"]["median"] == 1.0 and r0["tokens"] == 6 * 7  # fixed length 6 + EOS per sentence
+    assert r0["sent_per_s"]["min"] <= r0["sent_per_s"]["median"] <= r0["sent_per_s"]["max"]
+    prof = result["rows"][3]["profile_s"]
+    assert set(prof) == {"enc attn", "enc FFN", "dec attn", "dec FFN", "output proj", "other", "total"}
+    assert prof["enc attn"] > 0 and prof["dec attn"] > 0 and prof["dec FFN"] == 0  # mdn_tiny has no decoder FFN
+    assert abs(sum(v for k, v in prof.items() if k != "total") - prof["total"]) < 1e-9
+
+
+@pytest.mark.parametrize("kind, values", [("batch", "2,4"), ("beam", "1,3"), ("bpe", "100,250")])
+def test_sweeps_write_csv_and_png(tmp_path, kind, values):
+    csv_path = tmp_path / f"{kind}.csv"
+    result = benchmark.run(TINY + ["--generator", "fast", "--sweep", kind, "--sweep-values", values,
+                                    "--out-csv", str(csv_path), "--out-json", str(tmp_path / "s.json")])
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert [r[kind] for r in rows] == [v for v in values.split(",") for _ in range(2)]
+    assert {r["row"] for r in rows} == {"mdn_transformer_tiny · fast", "mdn_tiny · fast"}
+    assert all(float(r["sent_per_s"]) > 0 for r in rows)
+    assert [float(r["speedup"]) for r in rows][::2] == [1.0, 1.0]
+    png = tmp_path / f"{kind}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["sweep"]["png"] == str(png)
+    if kind == "bpe":  # the target vocabulary changes the model
+        params = [int(r["params"]) for r in rows if r["row"] == "mdn_tiny · fast"]
+        assert params[0] < params[1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--synthetic", "mdn_tiny", "--device", "cuda"], "--device cuda: CUDA is not available"),
+    (["--synthetic", "mdn_tiny", "--fp16"], "--fp16 needs --device cuda"),
+    (["--synthetic", "mdn_tiny", "--path", "x.pt"], "either --synthetic"),
+    ([], "either --synthetic"),
+    (["--path", "x.pt"], "--path needs --data"),
+    (["--path", "x.pt", "--data", "d", "--input", "i", "--sweep", "bpe"], "--sweep bpe"),
+    (["--synthetic", "mdn_tiny", "--generator", "beam"], "--generator takes"),
+    (["--path", "x.pt", "--path", "y.pt", "--data", "d", "--data", "e", "--data", "f", "--input", "i"],
+     "--data given 3 times for 2 --path"),
+    (["--path", "x.pt", "--path", "y.pt", "--data", "d", "--input", "i", "--name", "a"], "--name given 1 times"),
+    (["--path", "x.pt", "--data", "d", "--input", "no/such.txt"], "--input no/such.txt: no such file"),
+    (["--synthetic", "mdn_tiny", "--sweep-values", "1,2"], "--sweep-values needs --sweep"),
+    (["--synthetic", "mdn_tiny", "--sweep", "batch", "--sweep-values", "a"], "comma-separated integers"),
+])
+def test_bad_arguments_name_the_flag(argv, message, capsys):
+    if "cuda" in message and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(SystemExit) as e:
+        benchmark.run(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_unknown_architecture():
+    with pytest.raises(SystemExit, match="unknown architecture 'nope'"):
+        benchmark.run(["--synthetic", "nope"])
+
+
+def test_random_sentences_and_batches():
+    sents = benchmark.random_sentences(50, 100, seed=3)
+    assert [s.tolist() for s in sents] == [s.tolist() for s in benchmark.random_sentences(50, 100, seed=3)]
+    assert all(20 <= len(s) <= 30 and s[-1] == 2 and s[:-1].min() >= 4 and s.max() < 100 for s in sents)
+    batches = benchmark.make_batches(sents, 16, pad=1, eos=2)
+    assert [len(b["id"]) for b in batches] == [16, 16, 16, 2]
+    assert sorted(i for b in batches for i in b["id"].tolist()) == list(range(50))
+    src = batches[0]["net_input"]["src_tokens"]
+    assert (src[:, -1] == 2).all()  # left-padded
+
+
+def test_checkpoints_and_shell_wrapper(tmp_path, multi30k):
+    for split, src_split, n in (("train", "train", 200), ("valid", "val", 20)):
+        for lang in ("en", "de"):
+            lines = read_slice(multi30k / f"{src_split}.{lang}.gz", n)
+            (tmp_path / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for cmd in (["fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--trainpref", "train",
+                 "--validpref", "valid", "--destdir", "bin", "--workers", "1"],
+                ["fairseq-train", "bin", "--user-dir", str(REPO / "mdn_fairseq"), "--arch", "mdn_tiny",
+                 "--optimizer", "adam", "--lr", "0.002", "--max-tokens", "2000", "--max-update", "2",
+                 "--save-dir", "ck", "--no-epoch-checkpoints", "--num-workers", "0", "--disable-validation"]):
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = str(tmp_path / "ck" / "checkpoint_last.pt")
+    out = tmp_path / "ck.json"
+    (tmp_path / "valid2.en").write_text((tmp_path / "valid.en").read_text(encoding="utf-8"), encoding="utf-8")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "benchmark.sh"), "--path", ckpt, "--path", ckpt,
+                           "--data", str(tmp_path / "bin"), "--input", str(tmp_path / "valid.en"),
+                           "--input", str(tmp_path / "valid2.en"), "--name", "one", "--name", "two",
+                           "--batch", "8", "--beam", "2", "--max-len-b", "10", "--repeats", "1", "--threads", "1",
+                           "--generator", "fast", "--out-json", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [r["row"] for r in result["rows"]] == ["one · fast", "two · fast"]
+    assert result["rows"][0]["sentences"] == 20 and result["setting"]["out_len"] is None
+    assert "| two · fast |" in proc.stdout

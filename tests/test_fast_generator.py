@@ -1,0 +1,259 @@
+"""The lean beam search gives fairseq's SequenceGenerator results; unsupported cases fall back."""
+
+import argparse
+import subprocess
+from collections import Counter
+
+import pytest
+import torch
+
+from conftest import REPO, build_model, read_slice
+from fairseq.dataclass.configs import GenerationConfig
+from fairseq.sequence_generator import SequenceGenerator
+from mdn_fairseq.fast_generator import FastSequenceGenerator, top_k_shifted, unsupported_reason
+from mdn_fairseq.tasks.translation_mdn import TranslationMDNConfig, TranslationMDNTask
+
+USER_DIR = str(REPO / "mdn_fairseq")
+
+
+def eos_friendly(model, factor=5.0):
+    """A random model ends hypotheses at random steps once its EOS logit is scaled up (else never)."""
+    proj = model.decoder.output_projection
+    weight = proj.up.weight if hasattr(proj, "up") else proj.weight
+    with torch.no_grad():
+        weight[model.decoder.dictionary.eos()] *= factor
+    return model
+
+
+def batch(model, bsz, seed, min_len=3, max_len=9):
+    """Left-padded sources of random lengths, as fairseq batches them."""
+    g = torch.Generator().manual_seed(seed)
+    d = model.encoder.dictionary
+    lengths = torch.randint(min_len, max_len + 1, (bsz,), generator=g)
+    lengths[0] = max_len  # at least one padded sentence besides the longest
+    lengths[-1] = min_len
+    src = torch.full((bsz, max_len), d.pad(), dtype=torch.long)
+    for i, n in enumerate(lengths.tolist()):
+        src[i, max_len - n : -1] = torch.randint(d.nspecial, len(d), (n - 1,), generator=g)
+        src[i, -1] = d.eos()
+    return {"id": torch.arange(bsz), "net_input": {"src_tokens": src, "src_lengths": lengths}}
+
+
+def assert_same(ref_out, fast_out):
+    assert len(ref_out) == len(fast_out)
+    for ref_hypos, fast_hypos in zip(ref_out, fast_out):
+        assert len(ref_hypos) == len(fast_hypos)
+        for r, f in zip(ref_hypos, fast_hypos):
+            assert torch.equal(r["tokens"], f["tokens"]), (r["tokens"].tolist(), f["tokens"].tolist())
+            assert abs(float(r["score"]) - float(f["score"])) < 1e-4
+            torch.testing.assert_close(f["positional_scores"], r["positional_scores"], atol=1e-4, rtol=0)
+
+
+MODELS = {
+    "mdn_tiny": lambda: eos_friendly(build_model("mdn_tiny")),
+    "mdn_tiny_prenorm_learned_pos": lambda: eos_friendly(build_model(
+        "mdn_tiny", encoder_normalize_before=True, decoder_normalize_before=True,
+        encoder_learned_pos=True, decoder_learned_pos=True, tgt_vocab=1037)),
+    "mdn_transformer_tiny": lambda: eos_friendly(build_model("mdn_transformer_tiny", tgt_vocab=1000)),
+    "fairseq_transformer": lambda: eos_friendly(build_model(
+        "transformer", encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
+        encoder_layers=2, decoder_embed_dim=32, decoder_ffn_embed_dim=64, decoder_attention_heads=4,
+        decoder_layers=2, activation_fn="gelu")),
+}
+SETTINGS = [
+    dict(beam_size=4, max_len_b=12),
+    dict(beam_size=1, max_len_b=8),
+    dict(beam_size=5, max_len_a=1.2, max_len_b=2, len_penalty=0.6, unk_penalty=0.5),
+    dict(beam_size=4, max_len_b=9, min_len=4, len_penalty=1.5),
+    dict(beam_size=3, max_len_b=10, normalize_scores=False, temperature=0.7),
+]
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def model(request):
+    return MODELS[request.param]()
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_same_hypotheses_and_scores_as_sequence_generator(model, setting):
+    tgt_dict = model.decoder.dictionary
+    ref = SequenceGenerator([model], tgt_dict, **setting)
+    fast = FastSequenceGenerator([model], tgt_dict, **setting)
+    lengths = Counter()
+    for seed in range(3):
+        sample = batch(model, 6, seed)
+        ref_out = ref.generate([model], sample)
+        fast_out = fast.generate([model], sample)
+        assert_same(ref_out, fast_out)
+        max_len = min(int(setting.get("max_len_a", 0) * sample["net_input"]["src_tokens"].size(1)
+                          + setting["max_len_b"]), model.max_decoder_positions() - 1)
+        lengths.update("max" if len(h["tokens"]) == max_len + 1 else "early" for hs in fast_out for h in hs)
+        lengths.update("sentence done early" for hs in fast_out if all(len(h["tokens"]) <= max_len for h in hs))
+    # sentences leave the batch before the last step (the max-length end: the fixed-length test)
+    assert lengths["sentence done early"], lengths
+
+
+def test_fixed_length_and_encoder_fallback_path(model):
+    """min_len = max_len forces every hypothesis to that length; the encoder's own forward gives the same."""
+    tgt_dict = model.decoder.dictionary
+    setting = dict(beam_size=4, min_len=7, max_len_b=7)
+    ref = SequenceGenerator([model], tgt_dict, **setting)
+    fast = FastSequenceGenerator([model], tgt_dict, **setting)
+    fast.enc_attns = None  # as for an encoder the lean pass does not support
+    for sample in (batch(model, 5, seed=7), batch(model, 3, seed=8, min_len=6, max_len=6)):  # padded, unpadded
+        out = fast.generate([model], sample)
+        assert_same(ref.generate([model], sample), out)
+        assert {len(h["tokens"]) for hs in out for h in hs} == {8}
+    fast = FastSequenceGenerator([model], tgt_dict, **setting)
+    assert fast.enc_attns is not None  # the lean encoder pass, without padding too
+    assert_same(ref.generate([model], sample), fast.generate([model], sample))
+
+
+def test_top_k_shifted_matches_topk():
+    g = torch.Generator().manual_seed(0)
+    for bsz, rows, vocab, k in ((3, 4, 1000, 8), (2, 1, 1037, 5), (4, 2, 64, 4), (2, 5, 10000, 10)):
+        x = torch.randn(bsz, rows, vocab, generator=g)
+        x[:, :, 1] = float("-inf")
+        offset = torch.randn(bsz, rows, generator=g)
+        want_v, want_i = torch.topk((x + offset.unsqueeze(2)).view(bsz, -1), k)
+        got_v, got_i = top_k_shifted(x, offset, k)
+        assert torch.equal(got_i, want_i) and torch.allclose(got_v, want_v)
+
+
+# ------------------------------------------------------------------------------------------------
+# fallbacks
+
+
+@pytest.mark.parametrize("option, value", [
+    ("sampling", True), ("diverse_beam_groups", 2), ("match_source_len", True), ("diversity_rate", 0.5),
+    ("constraints", "ordered"), ("print_alignment", "hard"), ("no_repeat_ngram_size", 2),
+    ("score_reference", True),
+])
+def test_unsupported_options_are_named(option, value):
+    model = build_model("mdn_tiny")
+    args = argparse.Namespace(**{option: value})
+    assert unsupported_reason([model], args) == f"--{option.replace('_', '-')}"
+    assert unsupported_reason([model], argparse.Namespace()) is None
+    assert "ensemble" in unsupported_reason([model, model], argparse.Namespace())
+    assert "lm_model" in unsupported_reason([model], None, {"lm_model": model, "lm_weight": 0.5})
+    assert unsupported_reason([model], None, {"lm_model": None, "lm_weight": 0.0}) is None  # fairseq-generate's
+    assert "prefix-allowed" in unsupported_reason([model], None, None, prefix_allowed_tokens_fn=lambda b, t: [4])
+
+
+def test_unsupported_model_is_refused_by_name():
+    model = build_model("mdn_transformer_tiny", cross_self_attention=True)
+    with pytest.raises(ValueError, match="cross-self-attention.*SequenceGenerator"):
+        FastSequenceGenerator([model], model.decoder.dictionary, beam_size=2)
+
+
+def test_prefix_tokens_and_training_mode_fall_back_at_call_time():
+    model = eos_friendly(build_model("mdn_tiny"))
+    tgt_dict = model.decoder.dictionary
+    ref = SequenceGenerator([model], tgt_dict, beam_size=3, max_len_b=8)
+    fast = FastSequenceGenerator([model], tgt_dict, beam_size=3, max_len_b=8)
+    sample = batch(model, 4, seed=3)
+    prefix = torch.randint(4, len(tgt_dict), (4, 2), generator=torch.Generator().manual_seed(0))
+    want = ref.generate([model], sample, prefix_tokens=prefix)
+    got = fast.generate([model], sample, prefix_tokens=prefix)
+    assert_same(want, got)
+    assert all(torch.equal(h["tokens"][:2], prefix[i]) for i, hs in enumerate(got) for h in hs)
+    model.train()
+    torch.manual_seed(0)
+    want = ref.generate([model], sample)  # dropout: only fairseq's path applies it
+    torch.manual_seed(0)
+    assert_same(want, fast.generate([model], sample))
+    model.eval()
+
+
+@pytest.fixture
+def task(tmp_path):
+    model = build_model("mdn_tiny")
+    model.encoder.dictionary.save(str(tmp_path / "dict.en.txt"))
+    model.decoder.dictionary.save(str(tmp_path / "dict.de.txt"))
+
+    def make(**cfg):
+        return model, TranslationMDNTask.setup_task(
+            TranslationMDNConfig(data=str(tmp_path), source_lang="en", target_lang="de", **cfg))
+
+    return make
+
+
+def test_task_builds_fast_generator_when_eligible(task):
+    model, t = task()
+    gen = t.build_generator([model], GenerationConfig(beam=4, max_len_b=20))
+    assert isinstance(gen, FastSequenceGenerator) and gen.beam_size == 4
+    for args in (GenerationConfig(beam=4, sampling=True), GenerationConfig(beam=4, print_alignment="hard"),
+                 GenerationConfig(beam=4, no_repeat_ngram_size=3)):
+        assert type(t.build_generator([model], args)).__name__ in ("SequenceGenerator",
+                                                                   "SequenceGeneratorWithAlignment")
+    assert type(t.build_generator([model, model], GenerationConfig(beam=4))) is SequenceGenerator
+    _, off = task(no_fast_generator=True)
+    assert type(off.build_generator([model], GenerationConfig(beam=4))) is SequenceGenerator
+
+
+# ------------------------------------------------------------------------------------------------
+# end to end: fairseq-generate --task translation_mdn == --task translation
+
+
+def run(cmd, cwd, stdin=None):
+    proc = subprocess.run(cmd, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def parsed(output):
+    """{(kind, id): (text, numbers)} for the S/T/H/D/P lines of fairseq-generate/interactive output."""
+    lines = {}
+    for line in output.splitlines():
+        kind, _, rest = line.partition("-")
+        if kind in ("S", "T", "H", "D", "P") and "\t" in rest:
+            sid, *fields = rest.split("\t")
+            numbers = [float(v) for f in fields[:1] for v in f.split()] if kind in ("H", "D", "P") else []
+            lines[kind, sid] = (fields[-1] if kind != "P" else "", numbers)
+    return lines
+
+
+def assert_same_output(a, b):
+    pa, pb = parsed(a), parsed(b)
+    assert pa.keys() == pb.keys() and pa
+    for key in pa:
+        assert pa[key][0] == pb[key][0], key
+        assert pa[key][1] == pytest.approx(pb[key][1], abs=2e-4), key
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, multi30k):
+    work = tmp_path_factory.mktemp("fastgen")
+    for split, src_split, n in (("train", "train", 1000), ("valid", "val", 50), ("test", "test_2016_flickr", 60)):
+        for lang in ("en", "de"):
+            lines = read_slice(multi30k / f"{src_split}.{lang}.gz", n)
+            (work / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run(["fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--trainpref", "train",
+         "--validpref", "valid", "--testpref", "test", "--destdir", "bin", "--workers", "1"], work)
+    run(["fairseq-train", "bin", "--user-dir", USER_DIR, "--task", "translation_mdn", "--arch", "mdn_tiny",
+         "--optimizer", "adam", "--lr", "0.005", "--max-tokens", "4000", "--max-update", "60", "--save-dir", "ck",
+         "--no-epoch-checkpoints", "--num-workers", "0", "--seed", "1",
+         "--disable-validation"], work)
+    return work
+
+
+def test_fairseq_generate_translation_mdn_equals_translation(trained):
+    common = ["fairseq-generate", "bin", "--user-dir", USER_DIR, "--path", "ck/checkpoint_last.pt",
+              "--beam", "4", "--batch-size", "16", "--max-len-a", "1.2", "--max-len-b", "5",
+              "--required-batch-size-multiple", "1"]
+    ref = run(common + ["--task", "translation"], trained)
+    fast = run(common + ["--task", "translation_mdn"], trained)
+    assert "fast generator not used" not in fast
+    assert sum(k == "H" for k, _ in parsed(fast)) == 60
+    assert len({parsed(fast)["H", str(i)][0] for i in range(60)}) >= 3  # not one output for every sentence
+    assert_same_output(ref, fast)
+    slow = run(common + ["--task", "translation_mdn", "--no-fast-generator", "--prefix-size", "1"], trained)
+    assert sum(k == "H" for k, _ in parsed(slow)) == 60
+
+
+def test_fairseq_interactive_translation_mdn(trained):
+    common = ["fairseq-interactive", "bin", "--user-dir", USER_DIR, "--path", "ck/checkpoint_last.pt",
+              "--source-lang", "en", "--target-lang", "de", "--beam", "4", "--max-len-b", "20"]
+    text = "A man in an orange hat .\nTwo dogs play in the snow .\n"
+    assert_same_output(run(common + ["--task", "translation"], trained, stdin=text),
+                       run(common + ["--task", "translation_mdn"], trained, stdin=text))
