@@ -20,9 +20,16 @@ setup(
         "sacrebleu>=2.0",
         "subword-nmt",
         "sacremoses",
+        "matplotlib",  # mdn-bench --sweep plots
     ],
     extras_require={"test": ["pytest"]},
-    entry_points={"console_scripts": []},
+    entry_points={
+        "console_scripts": [
+            "mdn-init=mdn_fairseq.init_student:main",
+            "mdn-seqkd=mdn_fairseq.sequence_kd:main",
+            "mdn-bench=mdn_fairseq.benchmark:main",
+        ]
+    },
     classifiers=[
         "License :: OSI Approved :: MIT License",
         "Programming Language :: Python :: 3",

@@ -10,4 +10,4 @@ from . import checkpoint  # noqa: E402
 
 checkpoint.install()
 
-from . import models  # noqa: E402,F401
+from . import criterions, models, tasks  # noqa: E402,F401

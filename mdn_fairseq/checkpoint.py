@@ -91,3 +91,21 @@ def install():
 
     load_checkpoint_to_cpu._mdn_allow_list = True
     checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+
+
+def save_atomically(obj, path: str, prefix: str = ".mdn-"):
+    """``torch.save(obj, path)`` through a temporary file in the same folder: ``path`` is either
+    the old file or the complete new one, never half-written."""
+    import os
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
