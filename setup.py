@@ -21,6 +21,7 @@ setup(
         "subword-nmt",
         "sacremoses",
         "matplotlib",  # mdn-bench --sweep plots
+        "jieba",  # Chinese segmentation (mdn-prepare, nist12_zh_en)
     ],
     extras_require={"test": ["pytest"]},
     entry_points={
@@ -28,6 +29,9 @@ setup(
             "mdn-init=mdn_fairseq.init_student:main",
             "mdn-seqkd=mdn_fairseq.sequence_kd:main",
             "mdn-bench=mdn_fairseq.benchmark:main",
+            "mdn-prepare=mdn_fairseq.prepare:main",
+            "mdn-average=mdn_fairseq.average:main",
+            "mdn-report=mdn_fairseq.report:main",
         ]
     },
     classifiers=[

@@ -1,0 +1,35 @@
+# Multi30k task 1, English -> French, at CPU scale (29k training pairs).
+# Read by scripts/reproduce.sh (bash `source`) and by mdn-prepare (KEY=VALUE lines; no inline comments).
+TASK=multi30k_en_fr
+SRC=en
+TGT=fr
+# local folder with {stem}.{lang} or {stem}.{lang}.gz per split (relative paths: to the repository root)
+DATA=../shared/data/multi30k
+SPLITS="train=train valid=val test=test_2016_flickr"
+# where a missing local folder is downloaded from (checksums: configs/multi30k.sha256)
+DOWNLOAD=multi30k
+# BPE (subword-nmt merges): the baseline learns one joint model, the MDN a small target vocabulary
+BASELINE_JOINT=1
+BASELINE_SRC_MERGES=6000
+BASELINE_TGT_MERGES=6000
+MDN_JOINT=0
+MDN_SRC_MERGES=6000
+MDN_TGT_MERGES=2000
+# training-pair filter, applied after BPE (subwords)
+MAX_LEN=250
+MAX_RATIO=1.5
+# models and training (fairseq-train); the teacher is the baseline architecture on the MDN data
+BASELINE_ARCH=mdn_transformer_tiny
+STUDENT_ARCH=mdn_tiny
+MAX_TOKENS=4096
+LR=0.002
+WARMUP=400
+DROPOUT=0.1
+MAX_EPOCH=8
+# the student trains on original + distilled pairs (twice as many): half the epochs, about the same updates
+STUDENT_MAX_EPOCH=4
+# --quick: every stage on a slice, a few updates
+QUICK_TRAIN_LINES=800
+QUICK_SRC_MERGES=300
+QUICK_TGT_MERGES=200
+QUICK_MAX_UPDATE=10

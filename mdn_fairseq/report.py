@@ -1,0 +1,337 @@
+"""``mdn-report``: the recipe's bookkeeping — is a training finished, BLEU of a translation, results table.
+
+    mdn-report done CHECKPOINT --max-epoch N [--max-update M]     # exit 0 when that training is finished
+    mdn-report score --generate GEN.txt --ref REF [--ref REF2 ...] --lang de --out scores.json
+    mdn-report table --work WORK --config configs/TASK.sh --out-md results.md --out-json results.json
+    mdn-report strategies --work WORK --config configs/TASK.sh --out-md T.md --out-json T.json
+
+``score`` reads ``fairseq-generate`` output (``--remove-bpe``, no ``--tokenizer``): the case-sensitive
+tokenised BLEU that fairseq prints (what the paper reports), and sacreBLEU of the Moses-detokenised
+hypotheses against the untokenised references, with its signature.  ``table`` gathers what the stages
+of ``scripts/reproduce.sh`` wrote into the paper's Table 4 layout (Baseline, + BPE 10K, MDN).
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .checkpoint import load_checkpoint
+
+ROWS = (("baseline", "Baseline"), ("bpe10k", "+ BPE 10K"), ("mdn", "MDN"))
+
+
+class ReportError(Exception):
+    """A missing or malformed input; the message names it."""
+
+
+# ------------------------------------------------------------------------------------------------
+# training state
+
+
+def training_state(path: str) -> Tuple[int, int]:
+    """(epochs finished, updates) recorded in a fairseq checkpoint."""
+    state = load_checkpoint(path)
+    extra = state.get("extra_state") or {}
+    itr = extra.get("train_iterator") or {}
+    # fairseq stores the epoch in progress, or the next one (0 iterations in) once an epoch has ended
+    finished = int(itr.get("epoch", 1)) - 1
+    history = state.get("optimizer_history") or [{}]
+    return finished, int(history[-1].get("num_updates", 0))
+
+
+def training_done(path: str, max_epoch: int, max_update: int = 0) -> bool:
+    """Whether ``fairseq-train --max-epoch max_epoch [--max-update max_update]`` has nothing left to do."""
+    if not os.path.isfile(path):
+        return False
+    epochs, updates = training_state(path)
+    return epochs >= max_epoch or (max_update > 0 and updates >= max_update)
+
+
+def count_params(path: str) -> int:
+    model = load_checkpoint(path)["model"]
+    return sum(v.numel() for k, v in model.items() if k.endswith(("weight", "bias")) and "_float_tensor" not in k)
+
+
+# ------------------------------------------------------------------------------------------------
+# BLEU
+
+
+_BLEU_LINE = re.compile(r"BLEU4? = ([0-9.]+)")
+
+
+def parse_generate(path: str) -> Tuple[List[str], Optional[float]]:
+    """Hypotheses (``D-`` lines, in sentence order) and the BLEU fairseq-generate printed (or None)."""
+    if not os.path.isfile(path):
+        raise ReportError(f"{path}: no such fairseq-generate output")
+    hyps: Dict[int, str] = {}
+    bleu = None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("D-"):
+                head, _score, text = (line.rstrip("\n").split("\t") + ["", ""])[:3]
+                hyps[int(head[2:])] = text
+            elif "Generate" in line and "BLEU" in line:
+                m = _BLEU_LINE.search(line)
+                bleu = float(m.group(1)) if m else None
+    if not hyps:
+        raise ReportError(f"{path}: no hypotheses (D- lines); did fairseq-generate fail? see its .err file")
+    ids = sorted(hyps)
+    if ids != list(range(len(ids))):
+        missing = sorted(set(range(ids[-1] + 1)) - set(ids))[:5]
+        raise ReportError(f"{path}: hypotheses missing for sentences {missing}...: pass "
+                          "--required-batch-size-multiple 1 to fairseq-generate (it drops a last partial batch)")
+    return [hyps[i] for i in ids], bleu
+
+
+def read_lines(path: str) -> List[str]:
+    if not os.path.isfile(path):
+        raise ReportError(f"{path}: no such reference file")
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def sacrebleu_score(hyps_tok: Sequence[str], refs: Sequence[Sequence[str]], lang: str) -> Dict:
+    """sacreBLEU of Moses-detokenised ``hyps_tok`` against untokenised ``refs`` (one list per reference)."""
+    import sacrebleu
+    from sacremoses import MosesDetokenizer
+
+    for i, ref in enumerate(refs):
+        if len(ref) != len(hyps_tok):
+            raise ReportError(f"reference {i} has {len(ref)} lines for {len(hyps_tok)} hypotheses")
+    detok = MosesDetokenizer(lang=lang)
+    hyps = [detok.detokenize(h.split()) for h in hyps_tok]
+    metric = sacrebleu.metrics.BLEU()
+    result = metric.corpus_score(hyps, [list(r) for r in refs])
+    return {"score": round(result.score, 2), "signature": str(metric.get_signature()), "detokenised": hyps}
+
+
+def score(generate_path: str, ref_paths: Sequence[str], lang: str) -> Dict:
+    hyps, bleu = parse_generate(generate_path)
+    sacre = sacrebleu_score(hyps, [read_lines(p) for p in ref_paths], lang)
+    return {"sentences": len(hyps), "tok_bleu": bleu, "sacrebleu": sacre["score"],
+            "sacrebleu_signature": sacre["signature"], "references": list(ref_paths),
+            "detokenised": sacre["detokenised"]}
+
+
+# ------------------------------------------------------------------------------------------------
+# results table
+
+
+def write_atomically(path: str, text: str):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".mdn-report-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _load_json(path: str) -> Optional[Dict]:
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_config(path: str) -> Dict[str, str]:
+    from .prepare import read_config as _read
+
+    return _read(path)
+
+
+def _speed(bench: Optional[Dict], name: str, generator: str) -> Optional[Dict]:
+    if not bench:
+        return None
+    for row in bench.get("rows", []):
+        if row["model"] == name and row["generator"] == generator and not row.get("int8"):
+            return row
+    return None
+
+
+def _fmt(x, digits=2):
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def data_lines(prepare: Dict) -> List[str]:
+    """What mdn-prepare made of the data (its prepare.json), as markdown lines."""
+    splits, bpe = prepare.get("splits") or {}, prepare.get("bpe") or {}
+    if not splits or not bpe:
+        return []
+    out = ["Data: " + ", ".join(f"{split} {v['pairs']} pairs" for split, v in splits.items())
+           + (" (--quick slice)" if prepare.get("quick") else "") + "."]
+    for name, b in bpe.items():
+        merges = ", ".join(f"{k} {m['requested']}" for k, m in b["merges"].items())
+        vocab = ", ".join(f"{lang} {n}" for lang, n in b["vocab"].items())
+        out.append(f"BPE `{name}`: {'joint' if b['joint'] else 'separate'} subword-nmt merges ({merges}), "
+                   f"vocabularies {vocab}, {b['pairs']['train']} training pairs after the length/ratio filter.")
+    return [" ".join(out), ""]
+
+
+def build_table(work: str, config: Dict[str, str], command: str = "") -> Tuple[str, Dict]:
+    """results.md text and results.json content from a recipe's work folder."""
+    prepare = _load_json(os.path.join(work, "data", "prepare.json")) or {}
+    bench = _load_json(os.path.join(work, "bench", "cpu.json"))
+    gpu = _load_json(os.path.join(work, "bench", "gpu.json"))
+    rows = []
+    for key, label in ROWS:
+        ckpt = os.path.join(work, key, "checkpoint_avg.pt")
+        if not os.path.isfile(ckpt):
+            raise ReportError(f"{ckpt}: missing; run the recipe's training and evaluation stages first")
+        row = {"system": label, "key": key, "checkpoint": ckpt, "params": count_params(ckpt)}
+        for split in ("valid", "test"):
+            s = _load_json(os.path.join(work, key, f"scores.{split}.json"))
+            if s is None:
+                raise ReportError(f"{os.path.join(work, key, f'scores.{split}.json')}: missing; run the evaluation")
+            row[f"{split}_bleu"] = s["tok_bleu"]
+            row[f"{split}_sacrebleu"] = s["sacrebleu"]
+            row["sacrebleu_signature"] = s["sacrebleu_signature"]
+        for device, b in (("cpu", bench), ("gpu", gpu)):
+            for gen in ("fairseq", "fast"):
+                r = _speed(b, label, gen)
+                row[f"{device}_{gen}_sent_per_s"] = None if r is None else r["sent_per_s"]["median"]
+                row[f"{device}_{gen}_speedup"] = None if r is None else r["speedup"]["median"]
+        rows.append(row)
+    teacher, student = rows[1], rows[2]
+    gap = None if teacher["test_bleu"] is None or student["test_bleu"] is None else \
+        round(student["test_bleu"] - teacher["test_bleu"], 2)
+    result = {"task": config.get("TASK"), "source": config.get("SRC"), "target": config.get("TGT"),
+              "prepare": prepare, "bench_setting": (bench or {}).get("setting"),
+              "gpu_bench_setting": (gpu or {}).get("setting"), "rows": rows,
+              "mdn_minus_teacher_test_bleu": gap, "command": command}
+    s, t = config.get("SRC"), config.get("TGT")
+    lines = [f"# {config.get('TASK')}: {s}→{t}", ""]
+    if command:
+        lines += [f"Made by `{command}`.", ""]
+    lines += data_lines(prepare)
+    def speed_cells(r, device):
+        return " | ".join(f"{_fmt(r[f'{device}_{g}_sent_per_s'], 1)} | {_fmt(r[f'{device}_{g}_speedup'])}×"
+                          for g in ("fairseq", "fast"))
+
+    head = ("| System | #params | valid BLEU | test BLEU | test sacreBLEU | CPU sent/s (fairseq) | speedup | "
+            "CPU sent/s (fast) | speedup |")
+    lines += [head, "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['system']} | {r['params'] / 1e6:.2f}M | {_fmt(r['valid_bleu'])} | {_fmt(r['test_bleu'])} | "
+                     f"{_fmt(r['test_sacrebleu'])} | {speed_cells(r, 'cpu')} |")
+    if gpu:
+        lines += ["", "| System | GPU sent/s (fairseq) | speedup | GPU sent/s (fast) | speedup |", "|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['system']} | {speed_cells(r, 'gpu')} |")
+    else:
+        lines += ["", "GPU: not measured (no GPU on this machine)."]
+    lines += ["",
+              "BLEU: averaged last 5 epoch checkpoints, beam 4, batch 64, lenpen 0.6; *BLEU* is fairseq's "
+              "case-sensitive tokenised BLEU (as the paper), *sacreBLEU* is on detokenised output, signature "
+              f"`{rows[0]['sacrebleu_signature']}`.",
+              "Speed: sentences/s translating the test source (median of repeats), speedup over Baseline with "
+              "fairseq's SequenceGenerator, both models in one run; *fast* is the plugin's beam search "
+              "(same hypotheses and scores)."]
+    if bench:
+        st = bench["setting"]
+        lines.append(f"Benchmark setting: {st.get('hardware')}, {st.get('threads')} threads, batch {st.get('batch')}, "
+                     f"beam {st.get('beam')}, {st.get('sentences')} sentences, {st.get('repeats')} repeats.")
+    if gap is not None:
+        lines += ["", f"MDN − teacher (+ BPE 10K) test BLEU: {gap:+.2f}."]
+    return "\n".join(lines) + "\n", result
+
+
+STRATEGY_ROWS = (
+    ("bpe10k", "teacher", "{BASELINE_ARCH}, label smoothing 0.1 (the + BPE 10K row of results.md)"),
+    ("scratch", "MDN from scratch", "{STUDENT_ARCH}, random init, NLL"),
+    ("wd", "+ WD", "{STUDENT_ARCH}, initialised from the teacher (translation_wd), NLL"),
+    ("wd_wordkd", "+ WD + word KD", "{STUDENT_ARCH}, initialised from the teacher, (1-a) NLL + a KD"),
+    ("mdn", "+ WD + seq KD", "{STUDENT_ARCH}, mdn-init from the teacher, NLL on original + distilled data"),
+)
+
+
+def _updates(work: str, key: str) -> Optional[int]:
+    last = os.path.join(work, key, "checkpoint_last.pt")
+    return training_state(last)[1] if os.path.isfile(last) else None
+
+
+def build_strategies(work: str, config: Dict[str, str], command: str = "") -> Tuple[str, Dict]:
+    """The paper's Table 3 analogue from a training_strategies.sh work folder."""
+    rows = []
+    for key, label, training in STRATEGY_ROWS:
+        row = {"row": label, "key": key, "training": training.format(**config)}
+        ckpt = os.path.join(work, key, "checkpoint_avg.pt")
+        if not os.path.isfile(ckpt):
+            raise ReportError(f"{ckpt}: missing; run scripts/training_strategies.sh first")
+        row["params"] = count_params(ckpt)
+        row["updates"] = _updates(work, key)
+        for split in ("valid", "test"):
+            sc = _load_json(os.path.join(work, key, f"scores.{split}.json"))
+            if sc is None:
+                raise ReportError(f"{os.path.join(work, key, f'scores.{split}.json')}: missing; run the evaluation")
+            row[f"{split}_bleu"], row[f"{split}_sacrebleu"] = sc["tok_bleu"], sc["sacrebleu"]
+        rows.append(row)
+    lines = [f"# {config.get('TASK')}: training strategies (the paper's Table 3)", ""]
+    if command:
+        lines += [f"Made by `{command}`.", ""]
+    lines += ["| row | training | #params | updates | valid BLEU | test BLEU | test sacreBLEU |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['row']} | {r['training']} | {r['params'] / 1e6:.2f}M | {r['updates']} | "
+                     f"{_fmt(r['valid_bleu'])} | {_fmt(r['test_bleu'])} | {_fmt(r['test_sacrebleu'])} |")
+    lines += ["", "BLEU: averaged last 5 epoch checkpoints, beam 4, batch 64, lenpen 0.6, case-sensitive tokenised "
+              "(fairseq) and sacreBLEU (detokenised). The seq-KD student sees original + distilled pairs for half "
+              "the epochs (about the same number of updates)."]
+    return "\n".join(lines) + "\n", {"task": config.get("TASK"), "rows": rows, "command": command}
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="mdn-report", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("done", help="exit 0 when the training of this checkpoint has finished")
+    d.add_argument("checkpoint")
+    d.add_argument("--max-epoch", type=int, required=True)
+    d.add_argument("--max-update", type=int, default=0)
+    s = sub.add_parser("score", help="BLEU of a fairseq-generate output")
+    s.add_argument("--generate", required=True)
+    s.add_argument("--ref", action="append", required=True, help="untokenised reference (repeatable)")
+    s.add_argument("--lang", required=True, help="target language (Moses detokeniser)")
+    s.add_argument("--out", help="write the scores here (JSON)")
+    s.add_argument("--detok-out", help="write the detokenised hypotheses here")
+    for name, what in (("table", "results.md/.json (Table 4) of a reproduce.sh work folder"),
+                       ("strategies", "training_strategies.md/.json (Table 3) of a training_strategies.sh work folder")):
+        t = sub.add_parser(name, help=what)
+        t.add_argument("--work", required=True)
+        t.add_argument("--config", required=True)
+        t.add_argument("--out-md", required=True)
+        t.add_argument("--out-json", required=True)
+        t.add_argument("--command", default="", help="the command that made it (written into the markdown)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.cmd == "done":
+            sys.exit(0 if training_done(args.checkpoint, args.max_epoch, args.max_update) else 1)
+        if args.cmd == "score":
+            result = score(args.generate, args.ref, args.lang)
+            if args.detok_out:
+                write_atomically(args.detok_out, "".join(h + "\n" for h in result["detokenised"]))
+            del result["detokenised"]
+            text = json.dumps(result, indent=1)
+            if args.out:
+                write_atomically(args.out, text + "\n")
+            print(f"tokenised BLEU {_fmt(result['tok_bleu'])}, sacreBLEU {result['sacrebleu']:.2f} "
+                  f"({result['sacrebleu_signature']}), {result['sentences']} sentences")
+            return
+        build = build_table if args.cmd == "table" else build_strategies
+        md, result = build(args.work, read_config(args.config), args.command)
+        write_atomically(args.out_json, json.dumps(result, indent=1) + "\n")
+        write_atomically(args.out_md, md)
+        print(md)
+    except ReportError as e:
+        print(f"mdn-report: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

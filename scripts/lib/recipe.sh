@@ -1,0 +1,105 @@
+# Shared by scripts/reproduce.sh and scripts/training_strategies.sh (sourced, not run): arguments,
+# the task's config, the work folders, and the stage functions train / average / evaluate.
+# The sourcing script sets SCRIPT (its name, for messages) and USAGE_LINES (its help text lines).
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+die() { echo "$SCRIPT: $*" >&2; exit 2; }
+usage() { sed -n "$USAGE_LINES" "$0"; }
+[ $# -ge 1 ] || { usage >&2; exit 2; }
+case $1 in -h|--help) usage; exit 0 ;; esac
+TASK=$1; shift
+CFG=$REPO/configs/$TASK.sh
+if [ ! -f "$CFG" ]; then
+  known=$(cd "$REPO/configs" && ls *.sh | sed 's/\.sh$//' | paste -sd ' ')
+  die "unknown task '$TASK' (known: $known)"
+fi
+QUICK=0 DATA_ARG= WORK= RESULTS= WORLD=1 THREADS=$(nproc)
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) QUICK=1; shift ;;
+    --data) DATA_ARG=$2; shift 2 ;;
+    --work) WORK=$2; shift 2 ;;
+    --results) RESULTS=$2; shift 2 ;;
+    --world-size) WORLD=$2; shift 2 ;;
+    --threads) THREADS=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+[[ $WORLD =~ ^[1-9][0-9]*$ ]] || die "--world-size takes a positive integer, got '$WORLD'"
+[[ $THREADS =~ ^[1-9][0-9]*$ ]] || die "--threads takes a positive integer, got '$THREADS'"
+# shellcheck source=/dev/null
+source "$CFG"
+if [ $QUICK = 1 ]; then
+  WORK=${WORK:-$REPO/work/$TASK-quick}; RESULTS=${RESULTS:-$WORK/results}
+  MAX_EPOCH=1 STUDENT_MAX_EPOCH=1 MAX_UPDATE=$QUICK_MAX_UPDATE WARMUP=10 REPEATS=1 BENCH_LINES=64
+else
+  WORK=${WORK:-$REPO/work/$TASK}; RESULTS=${RESULTS:-$REPO/results/$TASK}
+  MAX_UPDATE=0 REPEATS=3 BENCH_LINES=0
+fi
+GPU=$(python -c "import torch; print(torch.cuda.device_count())")
+if [ "$WORLD" -gt 1 ] && [ "$WORLD" -gt "$GPU" ]; then
+  die "--world-size $WORLD needs $WORLD GPUs on this node, found $GPU (CPU training runs in one process)"
+fi
+mkdir -p "$WORK" "$RESULTS"
+WORK=$(cd "$WORK" && pwd) RESULTS=$(cd "$RESULTS" && pwd)
+export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+COMMAND="bash scripts/$SCRIPT $TASK"; [ $QUICK = 1 ] && COMMAND+=" --quick"
+START=$(date +%s)
+stage() { echo "== [$TASK $(( $(date +%s) - START ))s] $*"; }
+fresh() { [ -s "$1" ] && { [ -z "${2:-}" ] || [ ! "$2" -nt "$1" ]; }; }   # fresh OUT [INPUT]: OUT exists, not older
+D=$WORK/data
+
+# the settings shared by every training (the config's deep-model setup: Adam, lr, warm-up)
+COMMON=(--user-dir "$REPO/mdn_fairseq" --task translation_mdn --optimizer adam --adam-betas '(0.9, 0.98)'
+        --lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP" --dropout "$DROPOUT"
+        --max-tokens "$MAX_TOKENS" --keep-last-epochs 5 --seed 1 --num-workers 0
+        --log-format simple --log-interval 100 --source-lang "$SRC" --target-lang "$TGT")
+[ "$MAX_UPDATE" -gt 0 ] && COMMON+=(--max-update "$MAX_UPDATE")
+[ "$GPU" -gt 0 ] && COMMON+=(--fp16) || COMMON+=(--cpu)
+[ "$WORLD" -gt 1 ] && COMMON+=(--distributed-world-size "$WORLD")
+# shellcheck disable=SC2206
+[ -n "${EXTRA_TRAIN_ARGS:-}" ] && COMMON+=($EXTRA_TRAIN_ARGS)
+
+train() {  # train NAME DATA-BIN EPOCHS ARGS...
+  local name=$1 data=$2 epochs=$3; shift 3
+  local dir=$WORK/$name
+  if mdn-report done "$dir/checkpoint_last.pt" --max-epoch "$epochs" --max-update "$MAX_UPDATE"; then
+    echo "   $name: trained ($dir/checkpoint_last.pt)"; return 0
+  fi
+  mkdir -p "$dir"
+  [ -s "$dir/checkpoint_last.pt" ] && echo "   $name: resuming from $dir/checkpoint_last.pt"
+  echo "   $name: fairseq-train (full log: $dir/train.log)"
+  fairseq-train "$data" "${COMMON[@]}" --save-dir "$dir" --max-epoch "$epochs" "$@" 2>&1 \
+    | tee -a "$dir/train.log" | grep --line-buffered -E "\| (train|valid) \||num_updates=[0-9]*00," || true
+  mdn-report done "$dir/checkpoint_last.pt" --max-epoch "$epochs" --max-update "$MAX_UPDATE" \
+    || die "training $name did not finish (see $dir/train.log)"
+}
+
+average() {  # average NAME: the mean of the last 5 epoch checkpoints
+  local dir=$WORK/$1
+  fresh "$dir/checkpoint_avg.pt" "$dir/checkpoint_last.pt" && return 0
+  if compgen -G "$dir/checkpoint[0-9]*.pt" > /dev/null; then
+    mdn-average --inputs "$dir" --last 5 --output "$dir/checkpoint_avg.pt"
+  else  # a --max-update stop inside the first epoch (--quick) leaves only checkpoint_last.pt
+    mdn-average --inputs "$dir/checkpoint_last.pt" --output "$dir/checkpoint_avg.pt"
+  fi
+}
+
+evaluate() {  # evaluate NAME DATA-BIN RAW-DIR
+  local name=$1 data=$2 raw=$3 dir=$WORK/$1 split refs
+  average "$name"
+  for split in valid test; do
+    fresh "$dir/scores.$split.json" "$dir/checkpoint_avg.pt" && continue
+    fairseq-generate "$data" --user-dir "$REPO/mdn_fairseq" --path "$dir/checkpoint_avg.pt" --gen-subset "$split" \
+      --source-lang "$SRC" --target-lang "$TGT" --beam 4 --batch-size 64 --lenpen 0.6 \
+      --required-batch-size-multiple 1 --remove-bpe $([ "$GPU" -gt 0 ] && echo --fp16 || echo --cpu) \
+      > "$dir/generate.$split.txt" 2> "$dir/generate.$split.err" \
+      || { tail -n 20 "$dir/generate.$split.err" >&2; die "fairseq-generate failed for $name ($split)"; }
+    refs=(--ref "$raw/$split.$TGT")
+    for r in "$raw/$split.$TGT".ref*; do [ -e "$r" ] && refs+=(--ref "$r"); done
+    echo -n "   $name $split: "
+    mdn-report score --generate "$dir/generate.$split.txt" "${refs[@]}" --lang "$TGT" \
+      --out "$dir/scores.$split.json" --detok-out "$dir/hyp.$split.detok.$TGT"
+  done
+}
+

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The paper's pipeline for one task, every stage, one command (Table 4: Baseline, + BPE 10K, MDN):
+#
+#   bash scripts/reproduce.sh TASK [--quick] [--data DIR] [--work DIR] [--results DIR]
+#                                  [--world-size N] [--threads N]
+#
+# TASK: multi30k_en_de, multi30k_en_fr, wmt14_en_de, wmt14_en_fr, nist12_zh_en (settings: configs/TASK.sh)
+#  1 prepare   mdn-prepare: Moses tokenisation, BPE (baseline: joint; MDN: small target vocabulary),
+#              length/ratio filter, fairseq-preprocess                                 -> WORK/data
+#  2 baseline  the baseline architecture on the baseline BPE                           -> WORK/baseline
+#  3 bpe10k    the same architecture on the MDN BPE: "+ BPE 10K", and the teacher      -> WORK/bpe10k
+#  4 seqkd     the teacher translates the training set (beam 4): sequence-level KD data -> WORK/seqkd
+#  5 init      mdn-init: the student from the teacher (weight distillation)            -> WORK/mdn_init.pt
+#  6 mdn       the student on original + distilled data, from the WD init, no label
+#              smoothing, decoder dropout 0                                            -> WORK/mdn
+#  7 evaluate  average the last 5 epoch checkpoints, beam 4, batch 64, lenpen 0.6; tokenised BLEU and
+#              sacreBLEU on valid and test
+#  8 benchmark mdn-bench: the three models side by side on the test source, batch 64, beam 4, CPU
+#              (and GPU, fp16, when there is one)
+#  9 report    RESULTS/results.md and results.json
+# Default WORK: work/TASK (work/TASK-quick with --quick); RESULTS: results/TASK (WORK/results with --quick).
+# Re-running skips every finished stage (judged by its outputs) and resumes an interrupted training
+# from its checkpoint_last.pt.  --world-size N trains with fairseq's distributed training on N GPUs
+# (multi-node: add fairseq's --distributed-* flags through EXTRA_TRAIN_ARGS).
+set -euo pipefail
+
+SCRIPT=reproduce.sh USAGE_LINES=2,25p
+# shellcheck source=scripts/lib/recipe.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/recipe.sh"
+
+stage "1 prepare (mdn-prepare; $CFG)"
+mdn-prepare --config "$CFG" --work "$D" ${DATA_ARG:+--data "$DATA_ARG"} $([ $QUICK = 1 ] && echo --quick) \
+  --workers "$THREADS"
+
+BASE=(--arch "$BASELINE_ARCH" --criterion label_smoothed_cross_entropy --label-smoothing 0.1)
+stage "2 baseline: $BASELINE_ARCH on the baseline BPE"
+train baseline "$D/baseline/bin" "$MAX_EPOCH" "${BASE[@]}"
+stage "3 + BPE 10K: $BASELINE_ARCH on the MDN BPE (the teacher)"
+train bpe10k "$D/mdn/bin" "$MAX_EPOCH" "${BASE[@]}"
+average bpe10k
+TEACHER=$WORK/bpe10k/checkpoint_avg.pt
+
+stage "4 sequence-level KD data: the teacher translates the training set (mdn-seqkd, beam 4)"
+mdn-seqkd --teacher "$TEACHER" --data "$D/mdn/bin" --out "$WORK/seqkd" -s "$SRC" -t "$TGT" --beam 4 \
+  --batch-size 64 --with-original $([ "$GPU" -gt 0 ] && echo --fp16 || echo --cpu) | grep -v "^mdn-seqkd: chunk" || true
+[ -s "$WORK/seqkd/bin/dict.$TGT.txt" ] || die "mdn-seqkd wrote no data (see above)"
+
+stage "5 weight distillation: mdn-init $STUDENT_ARCH from the teacher"
+if ! fresh "$WORK/mdn_init.pt" "$TEACHER"; then
+  mdn-init --teacher "$TEACHER" --arch "$STUDENT_ARCH" --data "$D/mdn/bin" -s "$SRC" -t "$TGT" \
+    --out "$WORK/mdn_init.pt" --wd-head index:0
+fi
+
+stage "6 MDN student: $STUDENT_ARCH, WD init, original + distilled data, no label smoothing, decoder dropout 0"
+train mdn "$WORK/seqkd/bin" "$STUDENT_MAX_EPOCH" --arch "$STUDENT_ARCH" --criterion cross_entropy \
+  --decoder-dropout 0 --finetune-from-model "$WORK/mdn_init.pt"
+
+stage "7 evaluate (average of the last 5 epoch checkpoints, beam 4, batch 64, lenpen 0.6)"
+evaluate baseline "$D/baseline/bin" "$D/raw"
+evaluate bpe10k "$D/mdn/bin" "$D/raw"
+evaluate mdn "$D/mdn/bin" "$D/raw"
+
+stage "8 benchmark (mdn-bench: the three models side by side on the test source, batch 64, beam 4)"
+mkdir -p "$WORK/bench"
+for s in baseline mdn; do
+  if [ "$BENCH_LINES" -gt 0 ]; then head -n "$BENCH_LINES" "$D/$s/test.$SRC"; else cat "$D/$s/test.$SRC"; fi \
+    > "$WORK/bench/input.$s.$SRC"
+done
+BENCH=(--path "$WORK/baseline/checkpoint_avg.pt" --path "$WORK/bpe10k/checkpoint_avg.pt"
+       --path "$WORK/mdn/checkpoint_avg.pt" --name Baseline --name "+ BPE 10K" --name MDN
+       --data "$D/baseline/bin" --data "$D/mdn/bin" --data "$D/mdn/bin"
+       --input "$WORK/bench/input.baseline.$SRC" --input "$WORK/bench/input.mdn.$SRC" --input "$WORK/bench/input.mdn.$SRC"
+       --batch 64 --beam 4 --repeats "$REPEATS")
+newest=$(ls -t "$WORK"/{baseline,bpe10k,mdn}/checkpoint_avg.pt | head -n 1)
+if ! fresh "$WORK/bench/cpu.json" "$newest"; then
+  mdn-bench "${BENCH[@]}" --threads "$THREADS" --out-md "$WORK/bench/cpu.md" --out-json "$WORK/bench/cpu.json" 2> "$WORK/bench/cpu.err" \
+    || { tail -n 20 "$WORK/bench/cpu.err" >&2; die "mdn-bench failed (see $WORK/bench/cpu.err)"; }
+fi
+if [ "$GPU" -gt 0 ] && ! fresh "$WORK/bench/gpu.json" "$newest"; then
+  mdn-bench "${BENCH[@]}" --device cuda --fp16 --out-md "$WORK/bench/gpu.md" --out-json "$WORK/bench/gpu.json" \
+    2> "$WORK/bench/gpu.err" || { tail -n 20 "$WORK/bench/gpu.err" >&2; die "mdn-bench on GPU failed"; }
+fi
+
+stage "9 report"
+mdn-report table --work "$WORK" --config "$CFG" --out-md "$RESULTS/results.md" --out-json "$RESULTS/results.json" \
+  --command "$COMMAND"
+stage "done: $RESULTS/results.md"
