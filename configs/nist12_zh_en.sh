@@ -23,8 +23,11 @@ LR=0.002
 WARMUP=16000
 DROPOUT=0.1
 MAX_EPOCH=30
-# the student trains on original + distilled pairs (twice as many): half the epochs, about the same updates
+# the student's data: original (WD init + NLL) or original+distilled (WD + sequence-level KD, the
+# authors' setting); with original + distilled pairs (twice as many): half the epochs
+STUDENT_DATA=original+distilled
 STUDENT_MAX_EPOCH=15
+SEQKD_MAX_EPOCH=15
 QUICK_TRAIN_LINES=2000
 QUICK_SRC_MERGES=500
 QUICK_TGT_MERGES=300

@@ -244,7 +244,7 @@ STRATEGY_ROWS = (
     ("scratch", "MDN from scratch", "{STUDENT_ARCH}, random init, NLL"),
     ("wd", "+ WD", "{STUDENT_ARCH}, initialised from the teacher (translation_wd), NLL"),
     ("wd_wordkd", "+ WD + word KD", "{STUDENT_ARCH}, initialised from the teacher, (1-a) NLL + a KD"),
-    ("mdn", "+ WD + seq KD", "{STUDENT_ARCH}, mdn-init from the teacher, NLL on original + distilled data"),
+    ("wd_seqkd", "+ WD + seq KD", "{STUDENT_ARCH}, mdn-init from the teacher, NLL on original + distilled data"),
 )
 
 
@@ -280,6 +280,9 @@ def build_strategies(work: str, config: Dict[str, str], command: str = "") -> Tu
     lines += ["", "BLEU: averaged last 5 epoch checkpoints, beam 4, batch 64, lenpen 0.6, case-sensitive tokenised "
               "(fairseq) and sacreBLEU (detokenised). The seq-KD student sees original + distilled pairs for half "
               "the epochs (about the same number of updates)."]
+    if config.get("STUDENT_DATA"):
+        lines.append(f"The MDN row of results.md is trained as `STUDENT_DATA={config['STUDENT_DATA']}` "
+                     "(configs/" + str(config.get("TASK")) + ".sh).")
     return "\n".join(lines) + "\n", {"task": config.get("TASK"), "rows": rows, "command": command}
 
 

@@ -10,9 +10,10 @@
 #  2 baseline  the baseline architecture on the baseline BPE                           -> WORK/baseline
 #  3 bpe10k    the same architecture on the MDN BPE: "+ BPE 10K", and the teacher      -> WORK/bpe10k
 #  4 seqkd     the teacher translates the training set (beam 4): sequence-level KD data -> WORK/seqkd
+#              (when the config's STUDENT_DATA is original+distilled, the authors' setting)
 #  5 init      mdn-init: the student from the teacher (weight distillation)            -> WORK/mdn_init.pt
-#  6 mdn       the student on original + distilled data, from the WD init, no label
-#              smoothing, decoder dropout 0                                            -> WORK/mdn
+#  6 mdn       the student on STUDENT_DATA, from the WD init, no label smoothing,
+#              decoder dropout 0                                                       -> WORK/mdn
 #  7 evaluate  average the last 5 epoch checkpoints, beam 4, batch 64, lenpen 0.6; tokenised BLEU and
 #              sacreBLEU on valid and test
 #  8 benchmark mdn-bench: the three models side by side on the test source, batch 64, beam 4, CPU
@@ -40,19 +41,20 @@ train bpe10k "$D/mdn/bin" "$MAX_EPOCH" "${BASE[@]}"
 average bpe10k
 TEACHER=$WORK/bpe10k/checkpoint_avg.pt
 
-stage "4 sequence-level KD data: the teacher translates the training set (mdn-seqkd, beam 4)"
-mdn-seqkd --teacher "$TEACHER" --data "$D/mdn/bin" --out "$WORK/seqkd" -s "$SRC" -t "$TGT" --beam 4 \
-  --batch-size 64 --with-original $([ "$GPU" -gt 0 ] && echo --fp16 || echo --cpu) | grep -v "^mdn-seqkd: chunk" || true
-[ -s "$WORK/seqkd/bin/dict.$TGT.txt" ] || die "mdn-seqkd wrote no data (see above)"
-
-stage "5 weight distillation: mdn-init $STUDENT_ARCH from the teacher"
-if ! fresh "$WORK/mdn_init.pt" "$TEACHER"; then
-  mdn-init --teacher "$TEACHER" --arch "$STUDENT_ARCH" --data "$D/mdn/bin" -s "$SRC" -t "$TGT" \
-    --out "$WORK/mdn_init.pt" --wd-head index:0
+if [ "$STUDENT_DATA" = original+distilled ]; then
+  stage "4 sequence-level KD data: the teacher translates the training set (mdn-seqkd, beam 4)"
+  seqkd_data
+  STUDENT_BIN=$WORK/seqkd/bin
+else
+  stage "4 sequence-level KD data: not used (STUDENT_DATA=$STUDENT_DATA in $CFG)"
+  STUDENT_BIN=$D/mdn/bin
 fi
 
-stage "6 MDN student: $STUDENT_ARCH, WD init, original + distilled data, no label smoothing, decoder dropout 0"
-train mdn "$WORK/seqkd/bin" "$STUDENT_MAX_EPOCH" --arch "$STUDENT_ARCH" --criterion cross_entropy \
+stage "5 weight distillation: mdn-init $STUDENT_ARCH from the teacher"
+wd_init
+
+stage "6 MDN student: $STUDENT_ARCH, WD init, $STUDENT_DATA data, no label smoothing, decoder dropout 0"
+train mdn "$STUDENT_BIN" "$STUDENT_MAX_EPOCH" --arch "$STUDENT_ARCH" --criterion cross_entropy \
   --decoder-dropout 0 --finetune-from-model "$WORK/mdn_init.pt"
 
 stage "7 evaluate (average of the last 5 epoch checkpoints, beam 4, batch 64, lenpen 0.6)"

@@ -6,11 +6,11 @@
 #                                             [--world-size N] [--threads N]
 #
 # Runs scripts/reproduce.sh TASK first (same arguments, same work folder): its "+ BPE 10K" model is the
-# teacher and its MDN row is "WD + seq KD" (mdn-init, then original + distilled data).  Then trains, on
-# the MDN BPE data, the student architecture for as many epochs as the teacher:
+# teacher.  Then trains, on the MDN BPE data, the student architecture for as many epochs as the teacher:
 #   scratch    random init, NLL
 #   wd         --task translation_wd --teacher-path TEACHER (the student initialised from the teacher), NLL
 #   wd_wordkd  the same with --criterion kd_cross_entropy (KD_ALPHA, default 0.5; temperature 1)
+#   wd_seqkd   mdn-init from the teacher, NLL on original + distilled pairs (mdn-seqkd), SEQKD_MAX_EPOCH
 # and evaluates each as reproduce.sh does (average of the last 5 epoch checkpoints, beam 4, lenpen 0.6).
 # Writes RESULTS/training_strategies.md and .json.  Re-running skips finished stages.
 set -euo pipefail
@@ -33,10 +33,16 @@ stage "T3 + WD + word KD: (1-a) NLL + a KD, a=$KD_ALPHA"
 train wd_wordkd "$D/mdn/bin" "$MAX_EPOCH" "${STUDENT[@]}" "${WD[@]}" --criterion kd_cross_entropy \
   --kd-alpha "$KD_ALPHA"
 
-stage "T4 evaluate (average of the last 5 epoch checkpoints, beam 4, batch 64, lenpen 0.6)"
-for name in scratch wd wd_wordkd; do evaluate "$name" "$D/mdn/bin" "$D/raw"; done
+stage "T4 + WD + seq KD: mdn-init, then NLL on original + distilled data"
+seqkd_data
+wd_init
+train wd_seqkd "$WORK/seqkd/bin" "$SEQKD_MAX_EPOCH" "${STUDENT[@]}" --criterion cross_entropy \
+  --finetune-from-model "$WORK/mdn_init.pt"
 
-stage "T5 report"
+stage "T5 evaluate (average of the last 5 epoch checkpoints, beam 4, batch 64, lenpen 0.6)"
+for name in scratch wd wd_wordkd wd_seqkd; do evaluate "$name" "$D/mdn/bin" "$D/raw"; done
+
+stage "T6 report"
 mdn-report strategies --work "$WORK" --config "$CFG" --out-md "$RESULTS/training_strategies.md" \
   --out-json "$RESULTS/training_strategies.json" --command "$COMMAND"
 stage "done: $RESULTS/training_strategies.md"

@@ -31,7 +31,7 @@ done
 source "$CFG"
 if [ $QUICK = 1 ]; then
   WORK=${WORK:-$REPO/work/$TASK-quick}; RESULTS=${RESULTS:-$WORK/results}
-  MAX_EPOCH=1 STUDENT_MAX_EPOCH=1 MAX_UPDATE=$QUICK_MAX_UPDATE WARMUP=10 REPEATS=1 BENCH_LINES=64
+  MAX_EPOCH=1 STUDENT_MAX_EPOCH=1 SEQKD_MAX_EPOCH=1 MAX_UPDATE=$QUICK_MAX_UPDATE WARMUP=10 REPEATS=1 BENCH_LINES=64
 else
   WORK=${WORK:-$REPO/work/$TASK}; RESULTS=${RESULTS:-$REPO/results/$TASK}
   MAX_UPDATE=0 REPEATS=3 BENCH_LINES=0
@@ -90,7 +90,8 @@ evaluate() {  # evaluate NAME DATA-BIN RAW-DIR
   average "$name"
   for split in valid test; do
     fresh "$dir/scores.$split.json" "$dir/checkpoint_avg.pt" && continue
-    fairseq-generate "$data" --user-dir "$REPO/mdn_fairseq" --path "$dir/checkpoint_avg.pt" --gen-subset "$split" \
+    fairseq-generate "$data" --user-dir "$REPO/mdn_fairseq" --task translation_mdn --path "$dir/checkpoint_avg.pt" \
+      --gen-subset "$split" \
       --source-lang "$SRC" --target-lang "$TGT" --beam 4 --batch-size 64 --lenpen 0.6 \
       --required-batch-size-multiple 1 --remove-bpe $([ "$GPU" -gt 0 ] && echo --fp16 || echo --cpu) \
       > "$dir/generate.$split.txt" 2> "$dir/generate.$split.err" \
@@ -103,3 +104,19 @@ evaluate() {  # evaluate NAME DATA-BIN RAW-DIR
   done
 }
 
+seqkd_data() {  # sequence-level KD data from the teacher: WORK/seqkd/bin (original + distilled pairs)
+  mdn-seqkd --teacher "$TEACHER" --data "$D/mdn/bin" --out "$WORK/seqkd" -s "$SRC" -t "$TGT" --beam 4 \
+    --batch-size 64 --with-original $([ "$GPU" -gt 0 ] && echo --fp16 || echo --cpu) | grep -v "^mdn-seqkd: chunk" || true
+  [ -s "$WORK/seqkd/bin/dict.$TGT.txt" ] || die "mdn-seqkd wrote no data (see above)"
+}
+
+wd_init() {  # the student initialised from the teacher (weight distillation): WORK/mdn_init.pt
+  fresh "$WORK/mdn_init.pt" "$TEACHER" && return 0
+  mdn-init --teacher "$TEACHER" --arch "$STUDENT_ARCH" --data "$D/mdn/bin" -s "$SRC" -t "$TGT" \
+    --out "$WORK/mdn_init.pt" --wd-head index:0
+}
+
+case ${STUDENT_DATA:-} in
+  original|original+distilled) ;;
+  *) die "$CFG: STUDENT_DATA must be original or original+distilled, got '${STUDENT_DATA:-}'" ;;
+esac
