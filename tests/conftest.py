@@ -62,3 +62,12 @@ def read_slice(path: Path, n: int, start: int = 0):
     with gzip.open(path, "rt", encoding="utf-8") as f:
         lines = f.read().splitlines()
     return lines[start : start + n]
+
+
+def write_slices(work: Path, data: Path, sizes, langs=("en", "de")):
+    """Write the first lines of Multi30k splits as ``work/{split}.{lang}``; sizes maps our split name to
+    ``(Multi30k split, number of lines)``."""
+    for split, (src_split, n) in sizes.items():
+        for lang in langs:
+            lines = read_slice(data / f"{src_split}.{lang}.gz", n)
+            (work / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")

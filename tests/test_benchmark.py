@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import REPO, read_slice
+from conftest import REPO, write_slices
 from mdn_fairseq import benchmark
 
 TINY = ["--synthetic", "mdn_transformer_tiny,mdn_tiny", "--src-vocab", "300", "--tgt-vocab", "200",
@@ -114,10 +114,7 @@ def test_random_sentences_and_batches():
 
 
 def test_checkpoints_and_shell_wrapper(tmp_path, multi30k):
-    for split, src_split, n in (("train", "train", 200), ("valid", "val", 20)):
-        for lang in ("en", "de"):
-            lines = read_slice(multi30k / f"{src_split}.{lang}.gz", n)
-            (tmp_path / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_slices(tmp_path, multi30k, {"train": ("train", 200), "valid": ("val", 20)})
     for cmd in (["fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--trainpref", "train",
                  "--validpref", "valid", "--destdir", "bin", "--workers", "1"],
                 ["fairseq-train", "bin", "--user-dir", str(REPO / "mdn_fairseq"), "--arch", "mdn_tiny",

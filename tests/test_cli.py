@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, read_slice
+from conftest import REPO, write_slices
 
 USER_DIR = str(REPO / "mdn_fairseq")
 
@@ -26,10 +26,7 @@ def hypotheses(output):
 def trained(tmp_path_factory, multi30k):
     """preprocess -> train 6 updates of mdn_tiny, saving every 3 updates."""
     work = tmp_path_factory.mktemp("e2e")
-    for split, src_split, n in (("train", "train", 600), ("valid", "val", 100), ("test", "test_2016_flickr", 20)):
-        for lang in ("en", "de"):
-            lines = read_slice(multi30k / f"{src_split}.{lang}.gz", n)
-            (work / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_slices(work, multi30k, {"train": ("train", 600), "valid": ("val", 100), "test": ("test_2016_flickr", 20)})
     run(["fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--trainpref", "train",
          "--validpref", "valid", "--testpref", "test", "--destdir", "bin", "--workers", "1"], work)
     run(["fairseq-train", "bin", "--user-dir", USER_DIR, "--arch", "mdn_tiny", "--optimizer", "adam",

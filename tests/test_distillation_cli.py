@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import REPO, read_slice
+from conftest import REPO, write_slices
 from mdn_fairseq.checkpoint import load_checkpoint
 
 USER_DIR = str(REPO / "mdn_fairseq")
@@ -27,10 +27,7 @@ def run(cmd, cwd, ok=True):
 def teacher(tmp_path_factory, multi30k):
     """Binarised slice of Multi30k and a 2+2-layer tiny Transformer teacher trained for 4 updates."""
     work = tmp_path_factory.mktemp("wd")
-    for split, src_split, n in (("train", "train", 400), ("valid", "val", 60), ("test", "test_2016_flickr", 20)):
-        for lang in ("en", "de"):
-            lines = read_slice(multi30k / f"{src_split}.{lang}.gz", n)
-            (work / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_slices(work, multi30k, {"train": ("train", 400), "valid": ("val", 60), "test": ("test_2016_flickr", 20)})
     run(["fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--trainpref", "train",
          "--validpref", "valid", "--testpref", "test", "--destdir", "bin", "--workers", "1",
          "--thresholdsrc", "2", "--thresholdtgt", "2"], work)

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import REPO, build_model, read_slice
+from conftest import REPO, build_model, write_slices
 from fairseq.dataclass.configs import GenerationConfig
 from fairseq.sequence_generator import SequenceGenerator
 from mdn_fairseq.fast_generator import FastSequenceGenerator, top_k_shifted, unsupported_reason
@@ -224,10 +224,7 @@ def assert_same_output(a, b):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, multi30k):
     work = tmp_path_factory.mktemp("fastgen")
-    for split, src_split, n in (("train", "train", 1000), ("valid", "val", 50), ("test", "test_2016_flickr", 60)):
-        for lang in ("en", "de"):
-            lines = read_slice(multi30k / f"{src_split}.{lang}.gz", n)
-            (work / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_slices(work, multi30k, {"train": ("train", 1000), "valid": ("val", 50), "test": ("test_2016_flickr", 60)})
     run(["fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--trainpref", "train",
          "--validpref", "valid", "--testpref", "test", "--destdir", "bin", "--workers", "1"], work)
     run(["fairseq-train", "bin", "--user-dir", USER_DIR, "--task", "translation_mdn", "--arch", "mdn_tiny",
