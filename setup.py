@@ -10,6 +10,7 @@ setup(
     license="MIT",
     python_requires=">=3.8",
     packages=find_packages(include=["mdn_fairseq", "mdn_fairseq.*"]),
+    package_data={"mdn_fairseq": ["configs/*.sh", "configs/*.sha256"]},  # the shipped task configs (--task)
     install_requires=[
         # fairseq 0.12.2 does not import on Python >= 3.11; fairseq-fixed is the same `fairseq` module
         # (fairseq main + Python 3.11 fixes).
@@ -22,16 +23,19 @@ setup(
         "sacremoses",
         "matplotlib",  # mdn-bench --sweep plots
         "jieba",  # Chinese segmentation (mdn-prepare, nist12_zh_en)
+        "tensorboardX",  # fairseq-train --tensorboard-logdir
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "ruff"], "bench": ["ctranslate2"]},
     entry_points={
         "console_scripts": [
-            "mdn-init=mdn_fairseq.init_student:main",
-            "mdn-seqkd=mdn_fairseq.sequence_kd:main",
-            "mdn-bench=mdn_fairseq.benchmark:main",
-            "mdn-prepare=mdn_fairseq.prepare:main",
-            "mdn-average=mdn_fairseq.average:main",
-            "mdn-report=mdn_fairseq.report:main",
+            "mdn-prepare=mdn_fairseq.cli.prepare:main",
+            "mdn-init=mdn_fairseq.cli.init:main",
+            "mdn-seqkd=mdn_fairseq.cli.seqkd:main",
+            "mdn-average=mdn_fairseq.cli.average:main",
+            "mdn-report=mdn_fairseq.cli.report:main",
+            "mdn-bench=mdn_fairseq.cli.bench:main",
+            "mdn-export=mdn_fairseq.cli.export:main",
+            "mdn-san-blocks=mdn_fairseq.cli.san_blocks:main",
         ]
     },
     classifiers=[

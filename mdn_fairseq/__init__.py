@@ -2,12 +2,28 @@
 
 Importing the package registers the ``mdn`` model and its architectures with fairseq and lets
 fairseq load its checkpoints on torch >= 2.6 with ``weights_only=True`` (see :mod:`.checkpoint`).
+Where fairseq (or torch) cannot be imported, registration is skipped and the parts that need neither
+(:mod:`.prepare`, :mod:`.files`, :mod:`.errors`) still work.
 """
 
 __version__ = "0.1.0"
 
-from . import checkpoint  # noqa: E402
 
-checkpoint.install()
+def _fairseq_importable() -> bool:
+    """Whether fairseq imports; only a missing torch or fairseq counts as "no", any other import
+    error (a broken install) is raised so that it is not mistaken for a prepare-only environment."""
+    try:
+        import fairseq  # noqa: F401
+    except ModuleNotFoundError as err:
+        if err.name in ("torch", "fairseq"):
+            return False
+        raise
+    return True
 
-from . import criterions, models, tasks  # noqa: E402,F401
+
+if _fairseq_importable():
+    from . import checkpoint
+
+    checkpoint.install()
+
+    from . import criterions, models, tasks  # noqa: F401

@@ -25,6 +25,7 @@ def atomic_write(path, mode: str = "w", encoding: str = "utf-8") -> Iterator:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _default_mode())  # mkstemp makes 0600; give the file what open() would
         if mode == "wb":
             f = os.fdopen(fd, "wb")
         else:
@@ -35,6 +36,18 @@ def atomic_write(path, mode: str = "w", encoding: str = "utf-8") -> Iterator:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _default_mode() -> int:
+    """0666 less the process umask: the mode ``open(path, "w")`` gives a new file.  The umask is read
+    from /proc where there is one (setting it to read it would race with other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o22)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_text(path, text: str) -> None:

@@ -7,9 +7,9 @@ usage() { sed -n "$USAGE_LINES" "$0"; }
 [ $# -ge 1 ] || { usage >&2; exit 2; }
 case $1 in -h|--help) usage; exit 0 ;; esac
 TASK=$1; shift
-CFG=$REPO/configs/$TASK.sh
+CFG=$REPO/mdn_fairseq/configs/$TASK.sh  # the shipped task configs (package data; configs/ links here)
 if [ ! -f "$CFG" ]; then
-  known=$(cd "$REPO/configs" && ls *.sh | sed 's/\.sh$//' | paste -sd ' ')
+  known=$(cd "$REPO/mdn_fairseq/configs" && ls *.sh | sed 's/\.sh$//' | paste -sd ' ')
   die "unknown task '$TASK' (known: $known)"
 fi
 QUICK=0 DATA_ARG= WORK= RESULTS= WORLD=1 THREADS=$(nproc)

@@ -1,0 +1,47 @@
+"""The outputs of one preparation stage, made visible together when the stage succeeds."""
+
+import os
+import shutil
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from ..files import atomic_write
+
+
+@contextmanager
+def _staged_directory(path: Path):
+    """A fresh ``path.tmp`` folder that replaces ``path`` on a clean exit and is deleted on an exception."""
+    tmp = Path(f"{path}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+class StagedFiles:
+    """``with StagedFiles() as staged:`` the files opened with :meth:`open` (each an
+    :func:`mdn_fairseq.files.atomic_write`) and the folders made with :meth:`directory` replace their
+    final paths together when the block ends cleanly; when it raises they are deleted and the final paths
+    are left as they were."""
+
+    def __init__(self):
+        self._stack = ExitStack()
+
+    def __enter__(self):
+        self._stack.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._stack.__exit__(*exc)
+
+    def open(self, path, binary: bool = False):
+        """A file object (text: UTF-8, ``\\n`` line ends) whose content becomes ``path`` on success."""
+        return self._stack.enter_context(atomic_write(path, "wb" if binary else "w"))
+
+    def directory(self, path) -> Path:
+        """A fresh empty-or-absent folder ``path.tmp`` to fill; it becomes ``path`` on success."""
+        return self._stack.enter_context(_staged_directory(Path(path)))
