@@ -18,4 +18,4 @@ fi
 if command -v mdn-bench >/dev/null 2>&1; then
   exec mdn-bench "$@"
 fi
-exec python -m mdn_fairseq.benchmark "$@"
+exec python -m mdn_fairseq.cli.bench "$@"

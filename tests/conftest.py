@@ -1,41 +1,26 @@
-import argparse
 import gzip
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
 import mdn_fairseq  # noqa: F401  (registers the plugin)
-from fairseq.data import Dictionary
-from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
+from mdn_fairseq.bench.synthetic import build_synthetic, synthetic_task
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MDN_DATA", REPO.parent / "shared" / "data" / "multi30k"))
 
 
-def make_dict(n: int) -> Dictionary:
-    d = Dictionary()
-    for i in range(n - len(d)):
-        d.add_symbol(f"w{i}")
-    return d
-
-
-class FakeTask:
-    """What fairseq's build_model needs from a task: the two dictionaries."""
-
-    def __init__(self, src_vocab: int, tgt_vocab: int):
-        self.source_dictionary = make_dict(src_vocab)
-        self.target_dictionary = make_dict(tgt_vocab)
+# the benchmark's synthetic dictionaries and minimal task: FakeTask(src_vocab, tgt_vocab) has the two dictionaries
+FakeTask = synthetic_task
 
 
 def build_model(arch: str, src_vocab: int = 50, tgt_vocab: int = 60, seed: int = 0, **overrides):
-    """Build ``arch`` as fairseq does from the command line: arch defaults, then the model."""
-    torch.manual_seed(seed)
-    args = argparse.Namespace(arch=arch, **overrides)
-    ARCH_CONFIG_REGISTRY[arch](args)
-    model = ARCH_MODEL_REGISTRY[arch].build_model(args, FakeTask(src_vocab, tgt_vocab))
-    return model.eval()
+    """Build ``arch`` as fairseq does from the command line: arch defaults (``overrides`` win), then the
+    model, random-initialised after ``torch.manual_seed(seed)``, in eval mode."""
+    return build_synthetic(arch, src_vocab, tgt_vocab, seed=seed, **overrides)
 
 
 def random_batch(model, bsz=3, src_len=7, tgt_len=6, seed=1):
@@ -71,3 +56,33 @@ def write_slices(work: Path, data: Path, sizes, langs=("en", "de")):
         for lang in langs:
             lines = read_slice(data / f"{src_split}.{lang}.gz", n)
             (work / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+USER_DIR = str(REPO / "mdn_fairseq")
+
+
+def run_cli(cmd, cwd=None, stdin=None, env=None, ok=True, timeout=600):
+    """Run a console script (``fairseq-train``, ``mdn-init`` ...); with ``ok`` assert it exits 0 and show
+    the end of its output otherwise.  Returns the ``CompletedProcess`` (``.out``: stdout + stderr)."""
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, input=stdin, capture_output=True, text=True, env=env,
+                          timeout=timeout)
+    proc.out = proc.stdout + proc.stderr
+    if ok:
+        assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.out[-4000:]}"
+    return proc
+
+
+def binarise(work: Path, data: Path, sizes, *preprocess_flags, langs=("en", "de")):
+    """Multi30k slices (see :func:`write_slices`) -> ``work/bin`` with fairseq-preprocess."""
+    write_slices(work, data, sizes, langs)
+    prefs = [x for split in sizes for x in (f"--{split}pref", split)]
+    run_cli(["fairseq-preprocess", "--source-lang", langs[0], "--target-lang", langs[1], *prefs,
+             "--destdir", "bin", "--workers", "1", *preprocess_flags], work)
+    return work / "bin"
+
+
+def train(work: Path, arch: str, save_dir: str, *flags):
+    """``fairseq-train bin --user-dir mdn_fairseq --arch ARCH --save-dir SAVE_DIR`` with quiet, fast CPU
+    defaults (adam, no workers, seed 1) and ``flags`` after them (later flags win).  Returns the output."""
+    return run_cli(["fairseq-train", "bin", "--user-dir", USER_DIR, "--arch", arch, "--save-dir", save_dir,
+                    "--optimizer", "adam", "--num-workers", "0", "--seed", "1", *flags], work).out

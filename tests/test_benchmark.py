@@ -2,16 +2,39 @@
 
 import csv
 import json
-import subprocess
+import re
 
 import pytest
 import torch
 
-from conftest import REPO, write_slices
-from mdn_fairseq import benchmark
+from conftest import REPO, binarise, run_cli, train
+from mdn_fairseq import bench
+from mdn_fairseq.bench.inputs import make_batches, random_sentences, read_sentences
+from mdn_fairseq.bench.options import parse_args
+from mdn_fairseq.bench.synthetic import synthetic_dictionary
+from mdn_fairseq.cli import bench as bench_cli
+from mdn_fairseq.errors import MDNError
 
-TINY = ["--synthetic", "mdn_transformer_tiny,mdn_tiny", "--src-vocab", "300", "--tgt-vocab", "200",
-        "--batch", "4", "--num-sentences", "6", "--out-len", "6", "--repeats", "1", "--beam", "2", "--threads", "1"]
+TINY = [
+    "--synthetic",
+    "mdn_transformer_tiny,mdn_tiny",
+    "--src-vocab",
+    "300",
+    "--tgt-vocab",
+    "200",
+    "--batch-size",
+    "4",
+    "--num-sentences",
+    "6",
+    "--out-len",
+    "6",
+    "--repeats",
+    "1",
+    "--beam",
+    "2",
+    "--threads",
+    "1",
+]
 
 
 def table_rows(markdown, header_start="| model | #params"):
@@ -27,15 +50,21 @@ def table_rows(markdown, header_start="| model | #params"):
 
 def test_side_by_side_table_json_and_profile(tmp_path, capsys):
     md, js = tmp_path / "t.md", tmp_path / "t.json"
-    benchmark.run(TINY + ["--profile", "--int8", "--out-md", str(md), "--out-json", str(js)])
+    bench.run(TINY + ["--profile", "--int8", "--out-md", str(md), "--out-json", str(js)])
     text = md.read_text()
     assert text in capsys.readouterr().out
     header, rows = table_rows(text)
     assert header == "| model | #params | sent/s | tok/s | speedup | peak mem (MiB) |"
     assert [r[0] for r in rows] == [
-        "mdn_transformer_tiny · fairseq", "mdn_transformer_tiny · fast", "mdn_tiny · fairseq", "mdn_tiny · fast",
-        "mdn_transformer_tiny · fairseq · int8", "mdn_transformer_tiny · fast · int8",
-        "mdn_tiny · fairseq · int8", "mdn_tiny · fast · int8"]
+        "mdn_transformer_tiny · fairseq",
+        "mdn_transformer_tiny · fast",
+        "mdn_tiny · fairseq",
+        "mdn_tiny · fast",
+        "mdn_transformer_tiny · fairseq · int8",
+        "mdn_transformer_tiny · fast · int8",
+        "mdn_tiny · fairseq · int8",
+        "mdn_tiny · fast · int8",
+    ]
     assert rows[0][4] == "1.00× (1.00–1.00)" and all("× (" in r[4] for r in rows)
     _, prof = table_rows(text, "| model | enc attn")
     assert len(prof) == 8 and all(len(r) == 8 for r in prof)
@@ -58,8 +87,21 @@ def test_side_by_side_table_json_and_profile(tmp_path, capsys):
 @pytest.mark.parametrize("kind, values", [("batch", "2,4"), ("beam", "1,3"), ("bpe", "100,250")])
 def test_sweeps_write_csv_and_png(tmp_path, kind, values):
     csv_path = tmp_path / f"{kind}.csv"
-    result = benchmark.run(TINY + ["--generator", "fast", "--sweep", kind, "--sweep-values", values,
-                                    "--out-csv", str(csv_path), "--out-json", str(tmp_path / "s.json")])
+    result = bench.run(
+        TINY
+        + [
+            "--generator",
+            "fast",
+            "--sweep",
+            kind,
+            "--sweep-values",
+            values,
+            "--out-csv",
+            str(csv_path),
+            "--out-json",
+            str(tmp_path / "s.json"),
+        ]
+    )
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
     assert [r[kind] for r in rows] == [v for v in values.split(",") for _ in range(2)]
@@ -74,63 +116,126 @@ def test_sweeps_write_csv_and_png(tmp_path, kind, values):
         assert params[0] < params[1]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--synthetic", "mdn_tiny", "--device", "cuda"], "--device cuda: CUDA is not available"),
-    (["--synthetic", "mdn_tiny", "--fp16"], "--fp16 needs --device cuda"),
-    (["--synthetic", "mdn_tiny", "--path", "x.pt"], "either --synthetic"),
-    ([], "either --synthetic"),
-    (["--path", "x.pt"], "--path needs --data"),
-    (["--path", "x.pt", "--data", "d", "--input", "i", "--sweep", "bpe"], "--sweep bpe"),
-    (["--synthetic", "mdn_tiny", "--generator", "beam"], "--generator takes"),
-    (["--path", "x.pt", "--path", "y.pt", "--data", "d", "--data", "e", "--data", "f", "--input", "i"],
-     "--data given 3 times for 2 --path"),
-    (["--path", "x.pt", "--path", "y.pt", "--data", "d", "--input", "i", "--name", "a"], "--name given 1 times"),
-    (["--path", "x.pt", "--data", "d", "--input", "no/such.txt"], "--input no/such.txt: no such file"),
-    (["--synthetic", "mdn_tiny", "--sweep-values", "1,2"], "--sweep-values needs --sweep"),
-    (["--synthetic", "mdn_tiny", "--sweep", "batch", "--sweep-values", "a"], "comma-separated integers"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--synthetic", "mdn_tiny", "--device", "cuda"], "--device cuda: CUDA is not available"),
+        (["--synthetic", "mdn_tiny", "--fp16"], "--fp16 needs --device cuda"),
+        (["--synthetic", "mdn_tiny", "--path", "x.pt"], "either --synthetic"),
+        ([], "either --synthetic"),
+        (["--path", "x.pt"], "--path needs --data"),
+        (["--path", "x.pt", "--data", "d", "--input", "i", "--sweep", "bpe"], "--sweep bpe"),
+        (["--synthetic", "mdn_tiny", "--generator", "beam"], "--generator takes"),
+        (
+            ["--path", "x.pt", "--path", "y.pt", "--data", "d", "--data", "e", "--data", "f", "--input", "i"],
+            "--data given 3 times for 2 --path",
+        ),
+        (["--path", "x.pt", "--path", "y.pt", "--data", "d", "--input", "i", "--name", "a"], "--name given 1 times"),
+        (["--path", "x.pt", "--data", "d", "--input", "no/such.txt"], "--input no/such.txt: no such file"),
+        (["--synthetic", "mdn_tiny", "--sweep-values", "1,2"], "--sweep-values needs --sweep"),
+        (["--synthetic", "mdn_tiny", "--sweep", "batch", "--sweep-values", "a"], "comma-separated integers"),
+    ],
+)
 def test_bad_arguments_name_the_flag(argv, message, capsys):
     if "cuda" in message and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
+    with pytest.raises(MDNError, match=re.escape(message)):
+        bench.run(argv)
     with pytest.raises(SystemExit) as e:
-        benchmark.run(argv)
-    assert e.value.code == 2 and message in capsys.readouterr().err
+        bench_cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("mdn-bench: ") and message in err
 
 
-def test_unknown_architecture():
-    with pytest.raises(SystemExit, match="unknown architecture 'nope'"):
-        benchmark.run(["--synthetic", "nope"])
+@pytest.mark.parametrize("flag", ["--batch-size", "--batch"])
+def test_batch_size_takes_fairseqs_name_and_the_old_spelling(flag, capsys):
+    args = parse_args(["--synthetic", "mdn_tiny", flag, "8"])
+    assert args.batch_size == 8 and args.num_sentences is None
+    with pytest.raises(SystemExit) as e:
+        bench_cli.main(["--synthetic", "mdn_tiny", flag, "0"])
+    assert e.value.code == 2 and "mdn-bench: --batch-size 0: must be >= 1" in capsys.readouterr().err
+
+
+def test_unknown_architecture_is_a_clean_cli_error():
+    with pytest.raises(MDNError, match="--synthetic: unknown architecture 'nope'"):
+        bench.run(["--synthetic", "nope"])
+    proc = run_cli(["mdn-bench", "--synthetic", "nope", "--threads", "1"], ok=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("mdn-bench: --synthetic: unknown architecture 'nope'")
+    assert "Traceback" not in proc.stderr
+
+
+def test_empty_input_names_the_flag(tmp_path):
+    (tmp_path / "empty.en").write_text("\n\n", encoding="utf-8")
+    with pytest.raises(MDNError, match="--input .*empty.en: no sentences"):
+        read_sentences(str(tmp_path / "empty.en"), synthetic_dictionary(10))
 
 
 def test_random_sentences_and_batches():
-    sents = benchmark.random_sentences(50, 100, seed=3)
-    assert [s.tolist() for s in sents] == [s.tolist() for s in benchmark.random_sentences(50, 100, seed=3)]
+    sents = random_sentences(50, 100, seed=3)
+    assert [s.tolist() for s in sents] == [s.tolist() for s in random_sentences(50, 100, seed=3)]
     assert all(20 <= len(s) <= 30 and s[-1] == 2 and s[:-1].min() >= 4 and s.max() < 100 for s in sents)
-    batches = benchmark.make_batches(sents, 16, pad=1, eos=2)
+    batches = make_batches(sents, 16, pad=1, eos=2)
     assert [len(b["id"]) for b in batches] == [16, 16, 16, 2]
     assert sorted(i for b in batches for i in b["id"].tolist()) == list(range(50))
     src = batches[0]["net_input"]["src_tokens"]
     assert (src[:, -1] == 2).all()  # left-padded
 
 
+@pytest.mark.slow
 def test_checkpoints_and_shell_wrapper(tmp_path, multi30k):
-    write_slices(tmp_path, multi30k, {"train": ("train", 200), "valid": ("val", 20)})
-    for cmd in (["fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--trainpref", "train",
-                 "--validpref", "valid", "--destdir", "bin", "--workers", "1"],
-                ["fairseq-train", "bin", "--user-dir", str(REPO / "mdn_fairseq"), "--arch", "mdn_tiny",
-                 "--optimizer", "adam", "--lr", "0.002", "--max-tokens", "2000", "--max-update", "2",
-                 "--save-dir", "ck", "--no-epoch-checkpoints", "--num-workers", "0", "--disable-validation"]):
-        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+    binarise(tmp_path, multi30k, {"train": ("train", 200), "valid": ("val", 20)})
+    train(
+        tmp_path,
+        "mdn_tiny",
+        "ck",
+        "--lr",
+        "0.002",
+        "--max-tokens",
+        "2000",
+        "--max-update",
+        "2",
+        "--no-epoch-checkpoints",
+        "--disable-validation",
+    )
     ckpt = str(tmp_path / "ck" / "checkpoint_last.pt")
     out = tmp_path / "ck.json"
     (tmp_path / "valid2.en").write_text((tmp_path / "valid.en").read_text(encoding="utf-8"), encoding="utf-8")
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "benchmark.sh"), "--path", ckpt, "--path", ckpt,
-                           "--data", str(tmp_path / "bin"), "--input", str(tmp_path / "valid.en"),
-                           "--input", str(tmp_path / "valid2.en"), "--name", "one", "--name", "two",
-                           "--batch", "8", "--beam", "2", "--max-len-b", "10", "--repeats", "1", "--threads", "1",
-                           "--generator", "fast", "--out-json", str(out)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # the old spelling --batch, as scripts written before --batch-size pass it
+    proc = run_cli(
+        [
+            "bash",
+            REPO / "scripts" / "benchmark.sh",
+            "--path",
+            ckpt,
+            "--path",
+            ckpt,
+            "--data",
+            str(tmp_path / "bin"),
+            "--input",
+            str(tmp_path / "valid.en"),
+            "--input",
+            str(tmp_path / "valid2.en"),
+            "--name",
+            "one",
+            "--name",
+            "two",
+            "--batch",
+            "8",
+            "--beam",
+            "2",
+            "--max-len-b",
+            "10",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--generator",
+            "fast",
+            "--out-json",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     assert [r["row"] for r in result["rows"]] == ["one · fast", "two · fast"]
     assert result["rows"][0]["sentences"] == 20 and result["setting"]["out_len"] is None
