@@ -8,3 +8,13 @@ This module imports nothing heavy (no torch, no fairseq).
 
 class MDNError(Exception):
     """Bad input or settings; ``str(err)`` says what is wrong and what to do instead."""
+
+
+class ArchitectureError(MDNError, ValueError):
+    """An impossible model configuration (``--arch``/model flags); the message names the flag and the
+    allowed values.  Also a ``ValueError``, as fairseq's own configuration checks raise."""
+
+
+class DistillationError(MDNError, ValueError):
+    """A teacher and student (or distillation settings) that cannot be combined; the message names
+    both values and the fix.  Also a ``ValueError``."""

@@ -23,7 +23,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/recipe.sh"
 : "${KD_ALPHA:=0.5}"
 TEACHER=$WORK/bpe10k/checkpoint_avg.pt
 STUDENT=(--arch "$STUDENT_ARCH" --decoder-dropout 0)
-WD=(--task translation_wd --teacher-path "$TEACHER" --wd-head index:0)
+WD=(--task translation_wd --teacher-path "$TEACHER" --wd-head index --wd-head-index 0)
 
 stage "T1 student from scratch: $STUDENT_ARCH, NLL"
 train scratch "$D/mdn/bin" "$MAX_EPOCH" "${STUDENT[@]}" --criterion cross_entropy

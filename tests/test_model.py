@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import build_model, random_batch
+from mdn_fairseq.errors import ArchitectureError
 from mdn_fairseq.modules import LowRankLinear, NarrowMultiheadAttention
 
 # Each of the paper's structure tricks switched on alone (tiny dims: 64 wide, 4 heads of 16).
@@ -79,8 +80,8 @@ def test_mdn_shapes():
         assert attn.out_proj.weight.shape == (512, 64)
     out = dec.output_projection
     assert isinstance(out, LowRankLinear)
-    assert out.up.weight.shape == (200, 64)  # A: V×E
-    assert out.down.weight.shape == (64, 512)  # Bᵀ: E×H
+    assert out.A.weight.shape == (200, 64)  # A: V×E
+    assert out.B.weight.shape == (64, 512)  # Bᵀ: E×H
     assert "decoder.output_projection.weight" not in model.state_dict()
 
 
@@ -97,8 +98,15 @@ def test_mdn_param_count_matches_transformer_base():
 
 
 def test_tricks_off_is_fairseq_transformer():
-    dims = dict(encoder_layers=2, decoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
-                encoder_attention_heads=4, decoder_attention_heads=4, dropout=0.1)
+    dims = dict(
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_embed_dim=64,
+        encoder_ffn_embed_dim=128,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        dropout=0.1,
+    )
     ours = build_model("mdn_transformer_base", seed=3, **dims)
     theirs = build_model("transformer", seed=4, **dims)
     ours_sd, theirs_sd = ours.state_dict(), theirs.state_dict()
@@ -138,7 +146,7 @@ def test_low_rank_full_weight():
     ],
 )
 def test_impossible_configs_fail_at_build_naming_the_flag(overrides, message):
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ArchitectureError) as err:  # an MDNError and a ValueError
         build_model("mdn_transformer_tiny", **overrides)
     assert message in str(err.value)
 
@@ -156,3 +164,42 @@ def test_unknown_arch_is_refused_with_choices(capsys):
         options.parse_args_and_arch(parser, ["data", "--arch", "mdn_nonexistent"])
     err = capsys.readouterr().err
     assert "--arch" in err and "invalid choice: 'mdn_nonexistent'" in err and "mdn_tiny" in err
+
+
+def legacy_state_dict(model):
+    """``model``'s state dict as plugin 0.1.0 wrote it: the low-rank factors as ``down`` (Bᵀ) / ``up`` (A),
+    no version buffer."""
+    sd = dict(model.state_dict())
+    sd["decoder.output_projection.down.weight"] = sd.pop("decoder.output_projection.B.weight")
+    sd["decoder.output_projection.up.weight"] = sd.pop("decoder.output_projection.A.weight")
+    del sd["decoder.output_projection.version"]
+    return sd
+
+
+def test_state_dict_of_plugin_0_1_loads_after_the_rename():
+    old = build_model("mdn_tiny", seed=1)
+    new = build_model("mdn_tiny", seed=2)
+    sd = legacy_state_dict(old)
+    assert "decoder.output_projection.up.weight" in sd
+    new.load_state_dict(sd, strict=True)  # fairseq's load_state_dict upgrades by name first
+    assert torch.equal(new.state_dict()["decoder.output_projection.A.weight"], old.decoder.output_projection.A.weight)
+    assert new.state_dict()["decoder.output_projection.version"].item() == LowRankLinear.VERSION == 2
+    src, lengths, prev = random_batch(old)
+    with torch.no_grad():
+        assert torch.equal(new(src, lengths, prev)[0], old(src, lengths, prev)[0])
+
+
+def test_upgrade_by_name_under_a_prefix_and_current_state_dicts_untouched():
+    model = build_model("mdn_tiny")
+    nested = {f"models.0.{k}": v for k, v in legacy_state_dict(model).items()}
+    model.upgrade_state_dict_named(nested, "models.0")
+    assert sorted(nested) == sorted(f"models.0.{k}" for k in model.state_dict())
+    current = dict(model.state_dict())
+    model.upgrade_state_dict(current)
+    assert current.keys() == model.state_dict().keys()
+    assert all(torch.equal(current[k], v) for k, v in model.state_dict().items())
+
+
+def test_tricks_off_model_has_no_mdn_version():
+    """Without a low-rank output layer the state dict is fairseq's Transformer's, key for key."""
+    assert not any("output_projection.version" in k for k in build_model("mdn_transformer_tiny").state_dict())

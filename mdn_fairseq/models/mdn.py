@@ -15,19 +15,32 @@ decoder-only dropout      ``--decoder-dropout P``
 
 With every trick off (``--arch mdn_transformer_base``) the model is fairseq's ``transformer``:
 same parameter names, same outputs.
+
+Checkpoints of older plugin versions keep loading: the MDN's own parameter names (today only the
+low-rank output projection's) carry a version (:data:`LowRankLinear.VERSION`, in the buffer
+``decoder.output_projection.version``), and :meth:`MDNModel.upgrade_state_dict_named` renames older
+layouts (:data:`LEGACY_NAMES`), after fairseq's own upgrades.
 """
 
 import copy
 from dataclasses import dataclass, field, fields
-from typing import Optional
+from typing import Dict, Optional
 
 from fairseq.dataclass import FairseqDataclass
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerConfig, TransformerDecoderBase, TransformerModel
 from fairseq.models.transformer.transformer_legacy import base_architecture
+from torch import Tensor
 
+from ..errors import ArchitectureError
 from ..modules import LowRankLinear, MDNDecoderLayer, decoder_attention_dim
+
+#: Renames from each older layout of the low-rank output projection to the next (keys relative to
+#: ``decoder.output_projection.``); the layout is the projection's ``version`` buffer, absent = 1.
+LEGACY_NAMES: Dict[int, Dict[str, str]] = {
+    1: {"down.weight": "B.weight", "up.weight": "A.weight"},  # plugin 0.1.0: down = Bᵀ, up = A
+}
 
 
 @dataclass
@@ -60,7 +73,8 @@ class MDNConfig(FairseqDataclass):
 
 
 def fill_mdn_defaults(args):
-    """Give ``args`` every MDN field it lacks (tricks off): older configs and plain namespaces."""
+    """Give ``args`` (an ``argparse.Namespace``, changed in place) every MDN field it lacks, tricks off:
+    older configs and plain namespaces."""
     for f in fields(MDNConfig):
         if not hasattr(args, f.name):
             setattr(args, f.name, f.default)
@@ -69,56 +83,59 @@ def fill_mdn_defaults(args):
 
 
 def check_mdn_args(args):
-    """Refuse impossible MDN configurations, naming the flag and the allowed values."""
+    """Refuse impossible MDN configurations: raises :class:`~mdn_fairseq.errors.ArchitectureError`
+    (a ``ValueError``) naming the flag and the allowed values."""
     rank = args.output_rank
     if rank is None or rank < 0:
-        raise ValueError(f"--output-rank must be 0 (full rank) or a positive rank <= min(V, H); got {rank}")
+        raise ArchitectureError(f"--output-rank must be 0 (full rank) or a positive rank <= min(V, H); got {rank}")
     heads = args.decoder_attention_heads
     dim = args.decoder_attention_dim
     if dim is not None and (dim <= 0 or dim % heads != 0):
-        raise ValueError(
+        raise ArchitectureError(
             f"--decoder-attention-dim ({dim}) must be a positive multiple of --decoder-attention-heads ({heads})"
         )
     ffn = getattr(args, "decoder_ffn_embed_dim", None)
     if args.no_decoder_ffn and ffn:
-        raise ValueError(
+        raise ArchitectureError(
             f"--no-decoder-ffn removes the decoder FFN, so --decoder-ffn-embed-dim ({ffn}) cannot be used "
             "with it: drop one of the two (to put the FFN back, start from --arch mdn_transformer_base)"
         )
     if not args.no_decoder_ffn and ffn == 0:
-        raise ValueError("--decoder-ffn-embed-dim 0 means no decoder FFN: say so with --no-decoder-ffn")
+        raise ArchitectureError("--decoder-ffn-embed-dim 0 means no decoder FFN: say so with --no-decoder-ffn")
     if args.decoder_dropout is not None and not 0.0 <= args.decoder_dropout < 1.0:
-        raise ValueError(f"--decoder-dropout must be in [0, 1); got {args.decoder_dropout}")
+        raise ArchitectureError(f"--decoder-dropout must be in [0, 1); got {args.decoder_dropout}")
     narrow = dim is not None and dim != args.decoder_embed_dim
     if (narrow or args.no_decoder_ffn) and getattr(args, "cross_self_attention", False):
-        raise ValueError("--cross-self-attention is not supported with --decoder-attention-dim/--no-decoder-ffn")
+        raise ArchitectureError("--cross-self-attention is not supported with --decoder-attention-dim/--no-decoder-ffn")
     if args.no_decoder_ffn:
         for flag in ("scale_attn", "scale_heads", "scale_fc", "scale_resids"):
             if getattr(args, flag, False):
-                raise ValueError(f"--{flag.replace('_', '-')} is not supported with --no-decoder-ffn")
+                raise ArchitectureError(f"--{flag.replace('_', '-')} is not supported with --no-decoder-ffn")
     if rank > 0:
         if getattr(args, "share_decoder_input_output_embed", False) or getattr(args, "share_all_embeddings", False):
-            raise ValueError(
+            raise ArchitectureError(
                 "--output-rank factors the output matrix, so it cannot be tied to the input embedding: "
                 "drop --share-decoder-input-output-embed/--share-all-embeddings or use --output-rank 0"
             )
         if getattr(args, "adaptive_softmax_cutoff", None) is not None:
-            raise ValueError("--output-rank cannot be combined with --adaptive-softmax-cutoff")
+            raise ArchitectureError("--output-rank cannot be combined with --adaptive-softmax-cutoff")
         if getattr(args, "base_layers", 0):
-            raise ValueError("--output-rank cannot be combined with --base-layers")
+            raise ArchitectureError("--output-rank cannot be combined with --base-layers")
 
 
 class MDNDecoder(TransformerDecoderBase):
     """fairseq's Transformer decoder; MDN layers and a low-rank output projection when asked for."""
 
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
+        """fairseq's hook: fairseq's layer with every trick off, else an :class:`MDNDecoderLayer`."""
         if decoder_attention_dim(cfg) == cfg.decoder.embed_dim and not getattr(cfg, "no_decoder_ffn", False):
             return super().build_decoder_layer(cfg, no_encoder_attn)
         if cfg.checkpoint_activations or cfg.offload_activations:
-            raise ValueError("--checkpoint-activations is not supported for MDN decoder layers (they are tiny)")
+            raise ArchitectureError("--checkpoint-activations is not supported for MDN decoder layers (they are tiny)")
         return MDNDecoderLayer(cfg, no_encoder_attn)
 
     def build_output_projection(self, cfg, dictionary, embed_tokens):
+        """fairseq's hook: fairseq's V×H projection at ``--output-rank 0``, else a :class:`LowRankLinear`."""
         rank = getattr(cfg, "output_rank", 0) or 0
         if rank == 0:
             return super().build_output_projection(cfg, dictionary, embed_tokens)
@@ -127,19 +144,29 @@ class MDNDecoder(TransformerDecoderBase):
 
 @register_model("mdn")
 class MDNModel(TransformerModel):
-    """Transformer with the Mini-Decoder Network tricks (see module docstring)."""
+    """fairseq's Transformer with the Mini-Decoder Network tricks of Lin et al. (2021), "Bag of Tricks
+    for Optimizing Transformer Efficiency" (see the module docstring).
+
+    ``forward(src_tokens, src_lengths, prev_output_tokens)`` is fairseq's: ``src_tokens`` (batch, src_len)
+    left-padded, ``src_lengths`` (batch,), ``prev_output_tokens`` (batch, tgt_len) -> ``(logits, extra)``
+    with ``logits`` (batch, tgt_len, V), unnormalised, and ``extra["attn"]`` the cross-attention weights.
+    """
 
     @classmethod
     def hub_models(cls):
+        """No downloadable MDN checkpoints (fairseq's Transformer ones are not MDNs)."""
         return {}
 
     @classmethod
     def add_args(cls, parser):
+        """fairseq's Transformer flags plus the MDN switches of :class:`MDNConfig`."""
         super().add_args(parser)
         gen_parser_from_dataclass(parser, MDNConfig(), delete_default=True)
 
     @classmethod
     def build_model(cls, args, task):
+        """Fill the MDN defaults into ``args``, check them (raises
+        :class:`~mdn_fairseq.errors.ArchitectureError`), build as fairseq's Transformer."""
         fill_mdn_defaults(args)
         base_architecture(args)
         check_mdn_args(args)
@@ -147,11 +174,34 @@ class MDNModel(TransformerModel):
 
     @classmethod
     def build_decoder(cls, cfg, tgt_dict, embed_tokens):
+        """fairseq's hook: an :class:`MDNDecoder`, with ``--decoder-dropout`` as its dropout."""
         cfg = TransformerConfig.from_namespace(cfg)
         if getattr(cfg, "decoder_dropout", None) is not None:
             cfg = copy.copy(cfg)  # the encoder and the saved config keep --dropout
             cfg.dropout = cfg.decoder_dropout
         return MDNDecoder(cfg, tgt_dict, embed_tokens, no_encoder_attn=cfg.no_cross_attention)
+
+    def upgrade_state_dict_named(self, state_dict: Dict[str, Tensor], name: str):
+        """Upgrade ``state_dict`` (in place) from older fairseq and plugin versions: fairseq's upgrades
+        (``super``), then the low-rank output projection's older names (:data:`LEGACY_NAMES`), one
+        version at a time, ending with the current ``version`` buffer.  ``name`` is this model's prefix
+        in ``state_dict`` ("" for a whole checkpoint)."""
+        super().upgrade_state_dict_named(state_dict, name)
+        if isinstance(self.decoder.output_projection, LowRankLinear):
+            upgrade_low_rank_names(state_dict, f"{name}." if name else "")
+
+
+def upgrade_low_rank_names(state_dict: Dict[str, Tensor], prefix: str = "") -> None:
+    """Rename ``{prefix}decoder.output_projection.*`` from its recorded layout version (absent = 1) to
+    :data:`LowRankLinear.VERSION` (in place; tensors unchanged) and record that version."""
+    base = f"{prefix}decoder.output_projection."
+    version_key = base + "version"
+    version = int(state_dict[version_key].item()) if version_key in state_dict else 1
+    for v in range(version, LowRankLinear.VERSION):
+        for old, new in LEGACY_NAMES[v].items():
+            if base + old in state_dict:
+                state_dict[base + new] = state_dict.pop(base + old)
+    state_dict[version_key] = Tensor([LowRankLinear.VERSION])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +216,7 @@ def mdn_transformer_base(args):
 
 
 def _mini_decoder(args, attention_dim, rank):
+    """The mini decoder's defaults: 1 layer, 1 head of ``attention_dim``, no FFN, rank-``rank`` output."""
     args.decoder_layers = getattr(args, "decoder_layers", 1)
     args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 1)
     args.decoder_attention_dim = getattr(args, "decoder_attention_dim", attention_dim)
@@ -200,6 +251,7 @@ def mdn_deep(args):
 
 
 def _tiny_dims(args):
+    """64-wide model dims (4 encoder heads of 16, FFN 128), dropout 0.1: CPU scale."""
     args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 64)
     args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 128)
     args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 4)

@@ -2,15 +2,15 @@
 
 from typing import Dict, List, Optional
 
-from torch import Tensor
-
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
+from torch import Tensor
 
 from .narrow_attention import NarrowMultiheadAttention
 
 
 def decoder_attention_dim(cfg) -> int:
-    """Inner width of the decoder attention: ``--decoder-attention-dim``, else the model width."""
+    """Inner width (units: features) of the decoder's self- and cross-attention:
+    ``--decoder-attention-dim``, else the model width ``cfg.decoder.embed_dim``."""
     return getattr(cfg, "decoder_attention_dim", None) or cfg.decoder.embed_dim
 
 
@@ -19,6 +19,8 @@ class MDNDecoderLayer(TransformerDecoderLayerBase):
     (``--decoder-attention-dim``) and whose FFN sub-layer may be absent (``--no-decoder-ffn``,
     i.e. ``decoder.ffn_embed_dim == 0``: no fc1, fc2 or final_layer_norm parameters at all).
     With both switches off it *is* fairseq's layer: same parameters, same forward.
+    Parameter names are fairseq's (``self_attn.q_proj.weight``, ``encoder_attn_layer_norm.bias``, ...), so
+    weight distillation and fairseq's checkpoint code treat it as a Transformer decoder layer.
     """
 
     def __init__(self, cfg, no_encoder_attn=False, add_bias_kv=False, add_zero_attn=False):
@@ -31,6 +33,7 @@ class MDNDecoderLayer(TransformerDecoderLayerBase):
         return None if dim == cfg.decoder.embed_dim else dim
 
     def build_self_attention(self, embed_dim, cfg, add_bias_kv=False, add_zero_attn=False):
+        """fairseq's hook: a :class:`NarrowMultiheadAttention` when ``--decoder-attention-dim`` narrows it."""
         dim = self._narrow(cfg)
         if dim is None:
             return super().build_self_attention(embed_dim, cfg, add_bias_kv, add_zero_attn)
@@ -45,6 +48,7 @@ class MDNDecoderLayer(TransformerDecoderLayerBase):
         )
 
     def build_encoder_attention(self, embed_dim, cfg):
+        """fairseq's hook: the cross-attention, narrow like the self-attention (keys/values: encoder width)."""
         dim = self._narrow(cfg)
         if dim is None:
             return super().build_encoder_attention(embed_dim, cfg)
@@ -61,11 +65,13 @@ class MDNDecoderLayer(TransformerDecoderLayerBase):
         )
 
     def build_fc1(self, input_dim, output_dim, q_noise, qn_block_size):
+        """fairseq's hook: no ``fc1`` when the FFN width is 0 (``--no-decoder-ffn``)."""
         if output_dim == 0:
             return None
         return super().build_fc1(input_dim, output_dim, q_noise, qn_block_size)
 
     def build_fc2(self, input_dim, output_dim, q_noise, qn_block_size):
+        """fairseq's hook: no ``fc2`` when the FFN width is 0 (``--no-decoder-ffn``)."""
         if input_dim == 0:
             return None
         return super().build_fc2(input_dim, output_dim, q_noise, qn_block_size)
@@ -83,6 +89,17 @@ class MDNDecoderLayer(TransformerDecoderLayerBase):
         need_attn: bool = False,
         need_head_weights: bool = False,
     ):
+        """One decoder layer, as fairseq's ``TransformerDecoderLayerBase.forward``.
+
+        ``x`` (tgt_len, batch, model_dim); ``encoder_out`` (src_len, batch, encoder_dim);
+        ``encoder_padding_mask`` (batch, src_len), True at padding; ``self_attn_mask`` (tgt_len, tgt_len),
+        additive (−inf above the diagonal).  Returns ``(x, attn, None)``: ``x`` (tgt_len, batch, model_dim)
+        and the cross-attention weights (batch, tgt_len, src_len), averaged over heads (per head,
+        (heads, batch, tgt_len, src_len), with ``need_head_weights``), or None when not asked for.
+        With an FFN this is fairseq's forward; without one, its two attention sub-layers only.
+        Raises ``ValueError`` for ``prev_self_attn_state``/``prev_attn_state`` without an FFN (fairseq's
+        generators pass the state in ``incremental_state``).
+        """
         if self.fc1 is not None:
             return super().forward(
                 x,

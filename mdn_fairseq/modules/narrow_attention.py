@@ -1,9 +1,10 @@
 """Attention whose inner width differs from the model width (the MDN decoder's single 64-dim head)."""
 
-from torch import nn
-
 from fairseq.modules import MultiheadAttention
 from fairseq.modules.quant_noise import quant_noise
+from torch import nn
+
+from ..errors import ArchitectureError
 
 
 class NarrowMultiheadAttention(MultiheadAttention):
@@ -15,6 +16,14 @@ class NarrowMultiheadAttention(MultiheadAttention):
     It is the shape fairseq itself gives an attention layer after head pruning
     (``_adaptive_prune_heads``), so fairseq's forward, incremental state and beam reordering are
     reused unchanged; ``embed_dim`` keeps fairseq's meaning of *inner* width.
+
+    ``forward`` is fairseq's: ``query`` (tgt_len, batch, model_dim), ``key``/``value`` (src_len, batch,
+    kdim/vdim) -> ``(attn, weights)`` with ``attn`` (tgt_len, batch, model_dim) and ``weights``
+    (batch, tgt_len, src_len), averaged over heads, or None when not asked for.
+    Parameters (fairseq's names): ``q_proj``/``k_proj``/``v_proj`` weights (attention_dim × model_dim/kdim/vdim)
+    and biases (attention_dim), ``out_proj`` weight (model_dim × attention_dim) and bias (model_dim).
+    Raises :class:`~mdn_fairseq.errors.ArchitectureError` unless ``attention_dim`` is a positive multiple
+    of ``num_heads``.
     """
 
     def __init__(
@@ -32,7 +41,7 @@ class NarrowMultiheadAttention(MultiheadAttention):
         qn_block_size=8,
     ):
         if attention_dim <= 0 or attention_dim % num_heads != 0:
-            raise ValueError(
+            raise ArchitectureError(
                 f"--decoder-attention-dim ({attention_dim}) must be a positive multiple of "
                 f"--decoder-attention-heads ({num_heads})"
             )
@@ -61,5 +70,5 @@ class NarrowMultiheadAttention(MultiheadAttention):
         self._set_skip_embed_dim_check()
         self.reset_parameters()
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"model_dim={self.model_dim}, attention_dim={self.embed_dim}, num_heads={self.num_heads}"

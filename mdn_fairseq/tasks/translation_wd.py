@@ -1,47 +1,45 @@
 """``translation_wd``: translation with a teacher, for weight distillation and word-level KD.
 
-The student is initialised from ``--teacher-path`` when training starts fresh; when fairseq-train
-will restore a checkpoint (``checkpoint_last.pt`` when resuming, ``--restore-file``,
-``--finetune-from-model``), it is not (the same rule as ``checkpoint_utils.load_checkpoint``).  The teacher stays on the task — loaded once per
-process/rank, ``eval()``, no gradients, moved to the student's device and dtype on first use —
-so it is neither saved in student checkpoints nor seen by the optimizer.  ``kd_cross_entropy``
-takes its distributions from here.  Loading a student checkpoint (``fairseq-generate``) never
-loads the teacher.
+The MDN of Lin et al. (2021), "Bag of Tricks for Optimizing Transformer Efficiency", is trained from a
+Transformer teacher: initialised from its weights (weight distillation,
+:mod:`mdn_fairseq.distillation.weights`) and, optionally, taught by its distributions
+(``--criterion kd_cross_entropy``).  The student is initialised from ``--teacher-path`` when training
+starts fresh; when fairseq-train will restore a checkpoint (``checkpoint_last.pt`` when resuming,
+``--restore-file``, ``--finetune-from-model``), it is not (the same rule as
+``checkpoint_utils.load_checkpoint``).  The teacher stays on the task — loaded once per process/rank,
+``eval()``, no gradients, moved to the student's device and dtype on first use — so it is neither saved
+in student checkpoints nor seen by the optimizer.  ``kd_cross_entropy`` takes its distributions from
+here.  Loading a student checkpoint (``fairseq-generate``) never loads the teacher.
 """
 
 import logging
 import os
-import random
 from dataclasses import dataclass, field
-from typing import Optional
-
-import torch
-from omegaconf import II
+from typing import List, Optional
 
 from fairseq import checkpoint_utils
 from fairseq.data import Dictionary
 from fairseq.tasks import FairseqTask, register_task
+from omegaconf import II
 
+from ..distillation.heads import WDHeadConfig, choose_head, head_losses
+from ..distillation.weights import Mapping, distill_state_dict
+from ..errors import DistillationError
 from .translation_mdn import TranslationMDNConfig, TranslationMDNTask
-from ..weight_distillation import distill_state_dict, mask_heads_except
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TranslationWDConfig(TranslationMDNConfig):
+class TranslationWDConfig(TranslationMDNConfig, WDHeadConfig):
+    """``translation_mdn``'s settings, the teacher-head flags (:class:`WDHeadConfig`) and the teacher's."""
+
     teacher_path: Optional[str] = field(
         default=None,
-        metadata={"help": "teacher checkpoint: initialises the student (weight distillation) and gives "
-                  "--criterion kd_cross_entropy its distributions"},
-    )
-    wd_head: str = field(
-        default="index:0",
-        metadata={"help": "teacher head(s) for a narrow student decoder attention: index:K, random, "
-                  "random:SEED, or best (lowest teacher loss on validation sentences with only that head kept)"},
-    )
-    wd_best_sentences: int = field(
-        default=64, metadata={"help": "validation sentences that score the heads for --wd-head best"}
+        metadata={
+            "help": "teacher checkpoint: initialises the student (weight distillation) and gives "
+            "--criterion kd_cross_entropy its distributions"
+        },
     )
     no_wd_init: bool = field(
         default=False, metadata={"help": "keep the teacher for KD but do not initialise the student from it"}
@@ -55,8 +53,9 @@ class TranslationWDConfig(TranslationMDNConfig):
 
 
 def checkpoint_to_restore(save_dir, restore_file, suffix="", finetune_from_model=None, continue_once=None):
-    """The checkpoint fairseq-train will load over the freshly built model, or None (fairseq's rule,
-    ``checkpoint_utils.load_checkpoint``)."""
+    """The path of the checkpoint fairseq-train will load over the freshly built model, or None
+    (fairseq's rule, ``checkpoint_utils.load_checkpoint``); unresolved ``${...}`` values count as unset."""
+
     def given(value):
         return value if isinstance(value, str) and value and not value.startswith("${") else None
 
@@ -72,23 +71,17 @@ def checkpoint_to_restore(save_dir, restore_file, suffix="", finetune_from_model
     return path if os.path.exists(path) else None
 
 
-def parse_head_choice(choice: str, num_heads: int) -> Optional[int]:
-    """``index:K`` -> K, ``random[:SEED]`` -> a seeded draw, ``best`` -> None (to be scored)."""
-    kind, _, arg = choice.partition(":")
-    if kind == "index" and arg.isdigit() and int(arg) < num_heads:
-        return int(arg)
-    if kind == "random" and (arg == "" or arg.isdigit()):
-        return random.Random(int(arg or 1)).randrange(num_heads)
-    if kind == "best" and arg == "":
-        return None
-    raise ValueError(
-        f"--wd-head {choice!r}: expected index:K with 0 <= K < {num_heads} (the teacher's decoder heads), "
-        "random, random:SEED or best"
-    )
-
-
 @register_task("translation_wd", dataclass=TranslationWDConfig)
 class TranslationWDTask(TranslationMDNTask):
+    """Translation with a Transformer teacher, to train an MDN student (Lin et al. 2021, "Bag of Tricks for
+    Optimizing Transformer Efficiency", Sections 3.3-3.4: weight distillation, then knowledge distillation).
+
+    ``fairseq-train --task translation_wd --teacher-path T.pt`` builds the student, loads the teacher on
+    this task (never into the student's checkpoints or optimizer) and, when training starts fresh,
+    initialises the student from it (:meth:`initialise_from_teacher`).  ``--criterion kd_cross_entropy``
+    takes the teacher's distributions from :meth:`teacher_for`.
+    """
+
     cfg: TranslationWDConfig
 
     def __init__(self, cfg, src_dict, tgt_dict):
@@ -98,13 +91,16 @@ class TranslationWDTask(TranslationMDNTask):
         self._loading_teacher = False
 
     # -- the teacher ------------------------------------------------------------------------
-    def load_teacher(self, path):
+    def load_teacher(self, path: str):
+        """The teacher model of checkpoint ``path``, ``eval()``, without gradients, on the CPU.  Raises
+        :class:`~mdn_fairseq.errors.DistillationError` when ``path`` is missing or unreadable or when its
+        dictionaries are not this data's."""
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"--teacher-path {path}: no such file")
+            raise DistillationError(f"--teacher-path {path}: no such file")
         try:
             state = checkpoint_utils.load_checkpoint_to_cpu(path)
         except Exception as err:
-            raise ValueError(f"--teacher-path {path}: cannot read the checkpoint ({err})") from err
+            raise DistillationError(f"--teacher-path {path}: cannot read the checkpoint ({err})") from err
         self._check_dictionaries(path, state)
         self._loading_teacher = True
         try:
@@ -120,7 +116,7 @@ class TranslationWDTask(TranslationMDNTask):
         for side, name, ours in (("source", "encoder", self.src_dict), ("target", "decoder", self.tgt_dict)):
             key = f"{name}.embed_tokens.weight"
             if key in sd and sd[key].shape[0] != len(ours):
-                raise ValueError(
+                raise DistillationError(
                     f"dictionaries differ: teacher {path} has a {side} dictionary of {sd[key].shape[0]} entries, "
                     f"this data ({self.cfg.data}) {len(ours)}: binarise the student's data with the teacher's "
                     "dictionaries (fairseq-preprocess --srcdict/--tgtdict)"
@@ -131,15 +127,16 @@ class TranslationWDTask(TranslationMDNTask):
         for lang, ours in ((self.cfg.source_lang, self.src_dict), (self.cfg.target_lang, self.tgt_dict)):
             dict_path = os.path.join(str(data).split(os.pathsep)[0], f"dict.{lang}.txt") if data else None
             if dict_path and os.path.isfile(dict_path) and Dictionary.load(dict_path).symbols != ours.symbols:
-                raise ValueError(
+                raise DistillationError(
                     f"dictionaries differ: {dict_path} (the teacher's) and this data's dict.{lang}.txt hold "
                     "different symbols: binarise the student's data with the teacher's dictionaries"
                 )
 
     def teacher_for(self, model):
-        """The teacher, on the student's device and dtype (moved once)."""
+        """The teacher, on ``model``'s device and dtype (moved once).  Raises
+        :class:`~mdn_fairseq.errors.DistillationError` when the task has no teacher."""
         if self.teacher is None:
-            raise ValueError("no teacher: pass --teacher-path TEACHER.pt")
+            raise DistillationError("no teacher: pass --teacher-path TEACHER.pt")
         p = next(model.parameters())
         if self._teacher_placement != (p.device, p.dtype):
             self.teacher.to(device=p.device, dtype=p.dtype)
@@ -148,6 +145,9 @@ class TranslationWDTask(TranslationMDNTask):
 
     # -- the student ------------------------------------------------------------------------
     def build_model(self, cfg, from_checkpoint=False):
+        """The student (``translation_mdn``'s model); with ``--teacher-path``, also load the teacher and,
+        unless fairseq-train will restore a checkpoint over it or ``--no-wd-init``, initialise the student
+        from it.  The teacher itself is built as a plain model (no generator of its own)."""
         if self._loading_teacher:  # the teacher: no --eval-bleu generator of its own
             return FairseqTask.build_model(self, cfg, from_checkpoint)
         model = super().build_model(cfg, from_checkpoint)
@@ -156,8 +156,13 @@ class TranslationWDTask(TranslationMDNTask):
         self.teacher = self.load_teacher(self.cfg.teacher_path)
         if self.cfg.no_wd_init:
             return model
-        restore = checkpoint_to_restore(self.cfg.save_dir, self.cfg.restore_file, self.cfg.checkpoint_suffix,
-                                        self.cfg.finetune_from_model, self.cfg.continue_once)
+        restore = checkpoint_to_restore(
+            self.cfg.save_dir,
+            self.cfg.restore_file,
+            self.cfg.checkpoint_suffix,
+            self.cfg.finetune_from_model,
+            self.cfg.continue_once,
+        )
         if restore is not None:
             logger.info("the student's weights will come from %s: not initialising it from the teacher", restore)
         else:
@@ -165,45 +170,30 @@ class TranslationWDTask(TranslationMDNTask):
         return model
 
     def teacher_heads(self) -> int:
+        """The number of heads of the teacher's decoder attention."""
         return self.teacher.decoder.layers[0].self_attn.num_heads
 
-    def initialise_from_teacher(self, model):
+    def initialise_from_teacher(self, model) -> Mapping:
+        """Load ``model`` (the student) with weights distilled from the teacher
+        (:func:`~mdn_fairseq.distillation.weights.distill_state_dict`), its narrow attentions taking the
+        head ``--wd-head`` chooses; returns (and logs) the mapping.  Raises
+        :class:`~mdn_fairseq.errors.DistillationError` when the two cannot be mapped."""
         heads = self.teacher_heads()
-        head = parse_head_choice(self.cfg.wd_head, heads)
-        if head is None:
-            scores = self.score_heads(len(model.decoder.layers))
-            head = min(range(heads), key=scores.__getitem__)
-            logger.info("teacher head losses (nats/token): %s -> head %d",
-                        ", ".join(f"{h}: {s:.4f}" for h, s in enumerate(scores)), head)
-        sd, mapping = distill_state_dict(self.teacher.state_dict(), model.state_dict(), heads, head)
+        choice = choose_head(self.cfg, heads, score=lambda: self.score_heads(len(model.decoder.layers)))
+        sd, mapping = distill_state_dict(self.teacher.state_dict(), model.state_dict(), heads, choice.head)
+        mapping.head_choice = choice.describe()
         model.load_state_dict(sd, strict=True)
         logger.info("initialised the student from %s:\n  %s", self.cfg.teacher_path, "\n  ".join(mapping.lines()))
         return mapping
 
-    def score_heads(self, n_layers: int):
-        """Teacher loss on validation sentences with, in its first ``n_layers`` decoder layers, only
-        head h of each attention kept; one score per head."""
+    def score_heads(self, n_layers: int) -> List[float]:
+        """Per teacher head: the teacher's loss in nats per target token on the first ``--wd-best-sentences``
+        sentences of the validation split (loaded if needed) with, in its first ``n_layers`` decoder
+        layers, only that head kept (:func:`~mdn_fairseq.distillation.heads.head_losses`)."""
         split = next((s for s in self.datasets if s != "train"), None)
         if split is None:
             self.load_dataset("valid")
             split = "valid"
         ds = self.datasets[split]
         sample = ds.collater([ds[i] for i in range(min(self.cfg.wd_best_sentences, len(ds)))])
-        layers = self.teacher.decoder.layers[:n_layers]
-        modules = [getattr(layer, a) for layer in layers for a in ("self_attn", "encoder_attn") if getattr(layer, a, None)]
-        saved = [m.out_proj.weight.detach().clone() for m in modules]
-        heads, scores = self.teacher_heads(), []
-        with torch.no_grad():
-            for h in range(heads):
-                for m, w in zip(modules, saved):
-                    masked = mask_heads_except({"out_proj.weight": w}, h, m.num_heads)
-                    m.out_proj.weight.copy_(masked["out_proj.weight"])
-                out = self.teacher(**sample["net_input"])
-                lprobs = self.teacher.get_normalized_probs(out, log_probs=True)
-                target = sample["target"]
-                nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-                keep = target.ne(self.tgt_dict.pad())
-                scores.append((nll * keep).sum().item() / keep.sum().item())
-            for m, w in zip(modules, saved):
-                m.out_proj.weight.copy_(w)
-        return scores
+        return head_losses(self.teacher, sample["net_input"], sample["target"], self.tgt_dict.pad(), n_layers)
