@@ -1,30 +1,24 @@
-"""``mdn-report``: the recipe's bookkeeping — is a training finished, BLEU of a translation, results table.
+"""The recipe's bookkeeping as a library: training state of a checkpoint, BLEU of a translation, the
+results tables of ``scripts/reproduce.sh`` (the paper's Table 4) and ``scripts/training_strategies.sh``
+(Table 3).  The ``mdn-report`` CLI (:mod:`mdn_fairseq.cli.report`) is a thin layer over it.
 
-    mdn-report done CHECKPOINT --max-epoch N [--max-update M]     # exit 0 when that training is finished
-    mdn-report score --generate GEN.txt --ref REF [--ref REF2 ...] --lang de --out scores.json
-    mdn-report table --work WORK --config configs/TASK.sh --out-md results.md --out-json results.json
-    mdn-report strategies --work WORK --config configs/TASK.sh --out-md T.md --out-json T.json
-
-``score`` reads ``fairseq-generate`` output (``--remove-bpe``, no ``--tokenizer``): the case-sensitive
-tokenised BLEU that fairseq prints (what the paper reports), and sacreBLEU of the Moses-detokenised
-hypotheses against the untokenised references, with its signature.  ``table`` gathers what the stages
-of ``scripts/reproduce.sh`` wrote into the paper's Table 4 layout (Baseline, + BPE 10K, MDN).
+BLEU: :func:`score` reads ``fairseq-generate`` output (``--remove-bpe``, no ``--tokenizer``): the
+case-sensitive tokenised BLEU that fairseq prints (what the paper reports), and sacreBLEU of the
+Moses-detokenised hypotheses against the untokenised references, with its signature.
 """
 
-import argparse
 import json
 import os
 import re
-import sys
-import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .checkpoint import load_checkpoint
+from .errors import MDNError
 
 ROWS = (("baseline", "Baseline"), ("bpe10k", "+ BPE 10K"), ("mdn", "MDN"))
 
 
-class ReportError(Exception):
+class ReportError(MDNError):
     """A missing or malformed input; the message names it."""
 
 
@@ -82,8 +76,11 @@ def parse_generate(path: str) -> Tuple[List[str], Optional[float]]:
     ids = sorted(hyps)
     if ids != list(range(len(ids))):
         missing = sorted(set(range(ids[-1] + 1)) - set(ids))[:5]
-        raise ReportError(f"{path}: hypotheses missing for sentences {missing}...: pass "
-                          "--required-batch-size-multiple 1 to fairseq-generate (it drops a last partial batch)")
+        raise ReportError(
+            f"{path}: hypotheses missing for sentences {missing}...: fairseq-generate dropped them; generate with "
+            "--task translation_mdn (it keeps every sentence) or pass --required-batch-size-multiple 1 "
+            "(fairseq's own tasks drop a last partial batch)"
+        )
     return [hyps[i] for i in ids], bleu
 
 
@@ -121,15 +118,6 @@ def score(generate_path: str, ref_paths: Sequence[str], lang: str) -> Dict:
 # results table
 
 
-def write_atomically(path: str, text: str):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".mdn-report-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _load_json(path: str) -> Optional[Dict]:
     if not os.path.isfile(path):
         return None
@@ -152,7 +140,7 @@ def _speed(bench: Optional[Dict], name: str, generator: str) -> Optional[Dict]:
     return None
 
 
-def _fmt(x, digits=2):
+def fmt(x, digits=2):
     return "–" if x is None else f"{x:.{digits}f}"
 
 
@@ -208,15 +196,15 @@ def build_table(work: str, config: Dict[str, str], command: str = "") -> Tuple[s
         lines += [f"Made by `{command}`.", ""]
     lines += data_lines(prepare)
     def speed_cells(r, device):
-        return " | ".join(f"{_fmt(r[f'{device}_{g}_sent_per_s'], 1)} | {_fmt(r[f'{device}_{g}_speedup'])}×"
+        return " | ".join(f"{fmt(r[f'{device}_{g}_sent_per_s'], 1)} | {fmt(r[f'{device}_{g}_speedup'])}×"
                           for g in ("fairseq", "fast"))
 
     head = ("| System | #params | valid BLEU | test BLEU | test sacreBLEU | CPU sent/s (fairseq) | speedup | "
             "CPU sent/s (fast) | speedup |")
     lines += [head, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['system']} | {r['params'] / 1e6:.2f}M | {_fmt(r['valid_bleu'])} | {_fmt(r['test_bleu'])} | "
-                     f"{_fmt(r['test_sacrebleu'])} | {speed_cells(r, 'cpu')} |")
+        lines.append(f"| {r['system']} | {r['params'] / 1e6:.2f}M | {fmt(r['valid_bleu'])} | {fmt(r['test_bleu'])} | "
+                     f"{fmt(r['test_sacrebleu'])} | {speed_cells(r, 'cpu')} |")
     if gpu:
         lines += ["", "| System | GPU sent/s (fairseq) | speedup | GPU sent/s (fast) | speedup |", "|---|---|---|---|---|"]
         for r in rows:
@@ -276,7 +264,7 @@ def build_strategies(work: str, config: Dict[str, str], command: str = "") -> Tu
               "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['row']} | {r['training']} | {r['params'] / 1e6:.2f}M | {r['updates']} | "
-                     f"{_fmt(r['valid_bleu'])} | {_fmt(r['test_bleu'])} | {_fmt(r['test_sacrebleu'])} |")
+                     f"{fmt(r['valid_bleu'])} | {fmt(r['test_bleu'])} | {fmt(r['test_sacrebleu'])} |")
     lines += ["", "BLEU: averaged last 5 epoch checkpoints, beam 4, batch 64, lenpen 0.6, case-sensitive tokenised "
               "(fairseq) and sacreBLEU (detokenised). The seq-KD student sees original + distilled pairs for half "
               "the epochs (about the same number of updates)."]
@@ -284,57 +272,3 @@ def build_strategies(work: str, config: Dict[str, str], command: str = "") -> Tu
         lines.append(f"The MDN row of results.md is trained as `STUDENT_DATA={config['STUDENT_DATA']}` "
                      "(configs/" + str(config.get("TASK")) + ".sh).")
     return "\n".join(lines) + "\n", {"task": config.get("TASK"), "rows": rows, "command": command}
-
-
-# ------------------------------------------------------------------------------------------------
-# CLI
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="mdn-report", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("done", help="exit 0 when the training of this checkpoint has finished")
-    d.add_argument("checkpoint")
-    d.add_argument("--max-epoch", type=int, required=True)
-    d.add_argument("--max-update", type=int, default=0)
-    s = sub.add_parser("score", help="BLEU of a fairseq-generate output")
-    s.add_argument("--generate", required=True)
-    s.add_argument("--ref", action="append", required=True, help="untokenised reference (repeatable)")
-    s.add_argument("--lang", required=True, help="target language (Moses detokeniser)")
-    s.add_argument("--out", help="write the scores here (JSON)")
-    s.add_argument("--detok-out", help="write the detokenised hypotheses here")
-    for name, what in (("table", "results.md/.json (Table 4) of a reproduce.sh work folder"),
-                       ("strategies", "training_strategies.md/.json (Table 3) of a training_strategies.sh work folder")):
-        t = sub.add_parser(name, help=what)
-        t.add_argument("--work", required=True)
-        t.add_argument("--config", required=True)
-        t.add_argument("--out-md", required=True)
-        t.add_argument("--out-json", required=True)
-        t.add_argument("--command", default="", help="the command that made it (written into the markdown)")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        if args.cmd == "done":
-            sys.exit(0 if training_done(args.checkpoint, args.max_epoch, args.max_update) else 1)
-        if args.cmd == "score":
-            result = score(args.generate, args.ref, args.lang)
-            if args.detok_out:
-                write_atomically(args.detok_out, "".join(h + "\n" for h in result["detokenised"]))
-            del result["detokenised"]
-            text = json.dumps(result, indent=1)
-            if args.out:
-                write_atomically(args.out, text + "\n")
-            print(f"tokenised BLEU {_fmt(result['tok_bleu'])}, sacreBLEU {result['sacrebleu']:.2f} "
-                  f"({result['sacrebleu_signature']}), {result['sentences']} sentences")
-            return
-        build = build_table if args.cmd == "table" else build_strategies
-        md, result = build(args.work, read_config(args.config), args.command)
-        write_atomically(args.out_json, json.dumps(result, indent=1) + "\n")
-        write_atomically(args.out_md, md)
-        print(md)
-    except ReportError as e:
-        print(f"mdn-report: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mdn_fairseq import average, report
+from mdn_fairseq import checkpoint, report
+from mdn_fairseq.cli import average as average_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,11 +22,11 @@ def test_average_is_the_exact_mean_and_keeps_integer_buffers():
     a = OrderedDict(w=torch.tensor([1.0, 2.0]), b=torch.tensor([[0.5]]), n=torch.tensor([7]))
     b = OrderedDict(w=torch.tensor([3.0, 6.0]), b=torch.tensor([[1.5]]), n=torch.tensor([7]))
     c = OrderedDict(w=torch.tensor([2.0, 1.0]), b=torch.tensor([[1.0]]), n=torch.tensor([7]))
-    out = average.average_state_dicts([a, b, c])
+    out = checkpoint.average_state_dicts([a, b, c])
     assert torch.equal(out["w"], torch.tensor([2.0, 3.0]))
     assert torch.equal(out["b"], torch.tensor([[1.0]]))
     assert torch.equal(out["n"], torch.tensor([7])) and out["n"].dtype == torch.int64
-    one = average.average_state_dicts([a])
+    one = checkpoint.average_state_dicts([a])
     assert all(torch.equal(one[k], a[k]) for k in a)
 
 
@@ -36,8 +37,8 @@ def test_average_is_the_exact_mean_and_keeps_integer_buffers():
 ])
 def test_average_refuses_checkpoints_of_different_models(other, message):
     first = OrderedDict(w=torch.zeros(2), n=torch.tensor([7]))
-    with pytest.raises(average.AverageError, match=message):
-        average.average_state_dicts([first, other])
+    with pytest.raises(checkpoint.AverageError, match=message):
+        checkpoint.average_state_dicts([first, other])
 
 
 def _fake_checkpoint(path, value, epoch=1, updates=10):
@@ -51,20 +52,20 @@ def test_average_cli_takes_the_last_epoch_checkpoints(tmp_path, capsys):
     for k in range(1, 8):
         _fake_checkpoint(tmp_path / f"checkpoint{k}.pt", k)
     _fake_checkpoint(tmp_path / "checkpoint_last.pt", 100)  # not an epoch checkpoint
-    assert [Path(p).name for p in average.last_epoch_checkpoints(str(tmp_path), 3)] == \
+    assert [Path(p).name for p in checkpoint.last_epoch_checkpoints(str(tmp_path), 3)] == \
         ["checkpoint7.pt", "checkpoint6.pt", "checkpoint5.pt"]
     out = tmp_path / "avg.pt"
-    average.main(["--inputs", str(tmp_path), "--last", "5", "--output", str(out)])
+    average_cli.main(["--inputs", str(tmp_path), "--last", "5", "--output", str(out)])
     state = torch.load(out, weights_only=True)
     assert torch.equal(state["model"]["w"], torch.full((2,), 5.0))  # mean of 3..7
     assert "last_optimizer_state" not in state
     assert state["extra_state"]["averaged_from"][0] == "checkpoint7.pt"
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mdn-average-")]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_average_cli_without_epoch_checkpoints_says_how_to_keep_them(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        average.main(["--inputs", str(tmp_path), "--output", str(tmp_path / "avg.pt")])
+        average_cli.main(["--inputs", str(tmp_path), "--output", str(tmp_path / "avg.pt")])
     assert e.value.code == 2 and "--keep-last-epochs" in capsys.readouterr().err
     assert not (tmp_path / "avg.pt").exists()
 
@@ -132,7 +133,7 @@ def run_reproduce(*args, **kw):
 @pytest.mark.parametrize("args, message", [
     (["nope"], "unknown task 'nope' (known: multi30k_en_de multi30k_en_fr nist12_zh_en wmt14_en_de wmt14_en_fr"),
     (["multi30k_en_de", "--world-size", "x"], "--world-size takes a positive integer"),
-    (["multi30k_en_de", "--world-size", "4"], "--world-size 4 needs 4 GPUs"),
+    (["multi30k_en_de", "--world-size", "4", "--threads", "2"], "--world-size 4 needs 4 GPUs"),
     (["multi30k_en_de", "--bogus"], "unknown argument '--bogus'"),
 ])
 def test_reproduce_bad_arguments(args, message, tmp_path):
