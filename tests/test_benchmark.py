@@ -34,6 +34,8 @@ TINY = [
     "2",
     "--threads",
     "1",
+    "--peak-size",
+    "64",
 ]
 
 
@@ -83,8 +85,80 @@ def test_side_by_side_table_json_and_profile(tmp_path, capsys):
     assert prof["enc attn"] > 0 and prof["dec attn"] > 0 and prof["dec FFN"] == 0  # mdn_tiny has no decoder FFN
     assert abs(sum(v for k, v in prof.items() if k != "total") - prof["total"]) < 1e-9
 
+    # the roofline: every row's arithmetic against the peak of its precision, measured in the same run
+    assert set(result["peaks"]) == {"fp32", "int8"} and all(p["gflop_per_s"] > 0 for p in result["peaks"].values())
+    header, roof = table_rows(text, "| model | precision")
+    assert [r[0] for r in roof] == [r[0] for r in rows] and all(len(r) == 9 for r in roof)
+    assert [r[1] for r in roof] == ["fp32"] * 4 + ["int8"] * 4
+    for rec in result["rows"]:
+        peak = result["peaks"][rec["precision"]]["gflop_per_s"]
+        seconds = sorted(rec["seconds"])[len(rec["seconds"]) // 2]
+        assert rec["flops"] == sum(rec["flops_by_group"].values()) > 0
+        assert rec["gflop_per_s"]["median"] == pytest.approx(rec["flops"] / seconds / 1e9)
+        assert rec["pct_of_peak"] == pytest.approx(100 * rec["gflop_per_s"]["median"] / peak)
+        assert rec["limit_s"] + rec["gap_s"] == pytest.approx(seconds)
+        p = rec["profile_s"]  # the gap split adds up to the profiled pass's distance from its limit
+        assert rec["gap_products_s"] + rec["gap_overhead_s"] == pytest.approx(p["total"] - rec["limit_s"])
+    same = {r["model"]: r["flops"] for r in result["rows"][:4]}  # a model's arithmetic, whatever the generator
+    assert all(r["flops"] == same[r["model"]] for r in result["rows"])
+    assert result["rows"][3]["flops_by_group"]["dec FFN"] == 0
+    _, gaps = table_rows(text, "| model | enc attn % of peak")
+    assert len(gaps) == 8 and gaps[3][4] == "–"  # mdn_tiny has no decoder FFN: no share of peak
 
-@pytest.mark.parametrize("kind, values", [("batch", "2,4"), ("beam", "1,3"), ("bpe", "100,250")])
+
+def test_reduced_precision_rows_are_well_formed(tmp_path):
+    """--int8 and --bf16: own rows (or a note saying why a row is not run), each measured against the
+    peak of its own precision, on the same sentences and fixed lengths as the fp32 rows."""
+    from mdn_fairseq.bench.models import autocast_dtype
+
+    result = bench.run(TINY + ["--int8", "--bf16", "--out-json", str(tmp_path / "t.json")])
+    rows = {r["row"]: r for r in result["rows"]}
+    bf16 = autocast_dtype("cpu") is not None
+    for model in ("mdn_transformer_tiny", "mdn_tiny"):
+        for gen in ("fairseq", "fast"):
+            assert rows[f"{model} · {gen}"]["precision"] == "fp32"
+            assert rows[f"{model} · {gen} · int8"]["precision"] == "int8"
+            name = f"{model} · {gen} · bf16"
+            if not bf16:
+                assert name not in rows
+            elif name not in rows:  # a generator that fails under autocast: a note, not a crash
+                assert any(n.startswith(f"{name}: not run") for n in result["notes"])
+            else:
+                assert rows[name]["precision"] == "bf16" and rows[name]["variant"] == "bf16"
+    if not bf16:
+        assert any("no bf16 rows" in n for n in result["notes"])
+    for r in rows.values():
+        assert r["tokens"] == 6 * 7 and r["sentences"] == 6
+        assert r["flops"] == rows[r["model"] + " · fairseq"]["flops"]  # the same arithmetic in any precision
+        assert r["peak_gflop_per_s"] == result["peaks"][r["precision"]]["gflop_per_s"]
+    assert set(result["peaks"]) == {"fp32", "int8"} | ({"bf16"} if bf16 else set())
+
+
+def test_latency_batch_one(tmp_path):
+    md = tmp_path / "t.md"
+    result = bench.run(TINY + ["--latency", "--latency-sentences", "3", "--out-md", str(md)])
+    lat = result["latency"]
+    assert [r["row"] for r in lat] == [r["row"] for r in result["rows"]]
+    for r in lat:
+        assert r["sentences"] == 3 and len(r["runs_ms"]) == 3  # 3 sentences x 1 repeat, one at a time
+        assert 0 < min(r["runs_ms"]) <= r["p50_ms"] <= r["p95_ms"] <= max(r["runs_ms"])
+    header, rows = table_rows(md.read_text(), "| model | p50 ms")
+    assert header == "| model | p50 ms | p95 ms | mean ms |" and len(rows) == 4
+
+
+def test_bleu_of_a_row():
+    from mdn_fairseq.bench.quality import row_bleu
+
+    d = synthetic_dictionary(10)
+    hyps = {0: torch.tensor([4, 5, 6, 7, 2]), 1: torch.tensor([8, 9, 4, 5, 2])}
+    row = type("R", (), {"hypotheses": hyps, "name": "r", "model": type("M", (), {"tgt_dict": d})})()
+    assert row_bleu(row, ["w0 w1 w2 w3", "w4 w5 w0 w1"])["bleu"] == pytest.approx(100)
+    assert row_bleu(row, ["w0 w1 w2 w3", "x y z w"])["bleu"] < 100
+    with pytest.raises(MDNError, match="3 references but r translated 2"):
+        row_bleu(row, ["a", "b", "c"])
+
+
+@pytest.mark.parametrize("kind, values", [("batch", "2,4"), ("beam", "1,3"), ("bpe", "100,250"), ("srclen", "5,12")])
 def test_sweeps_write_csv_and_png(tmp_path, kind, values):
     csv_path = tmp_path / f"{kind}.csv"
     result = bench.run(
@@ -114,6 +188,14 @@ def test_sweeps_write_csv_and_png(tmp_path, kind, values):
     if kind == "bpe":  # the target vocabulary changes the model
         params = [int(r["params"]) for r in rows if r["row"] == "mdn_tiny · fast"]
         assert params[0] < params[1]
+    assert all(float(r["gflop_per_s"]) > 0 and float(r["pct_of_peak"]) > 0 for r in rows)
+    if kind == "srclen":  # sentences of exactly 5, then 12 tokens: the encoder's arithmetic grows with them
+        from mdn_fairseq.bench.flops import count_flops
+        from mdn_fairseq.bench.synthetic import build_synthetic
+
+        model = build_synthetic("mdn_tiny", 300, 200)
+        points = [p for p in result["sweep"]["points"] if p["row"] == "mdn_tiny · fast"]
+        assert [p["flops"] for p in points] == [sum(count_flops(model, [n] * 6, [7] * 6, 2).values()) for n in (5, 12)]
 
 
 @pytest.mark.parametrize(
@@ -134,6 +216,12 @@ def test_sweeps_write_csv_and_png(tmp_path, kind, values):
         (["--path", "x.pt", "--data", "d", "--input", "no/such.txt"], "--input no/such.txt: no such file"),
         (["--synthetic", "mdn_tiny", "--sweep-values", "1,2"], "--sweep-values needs --sweep"),
         (["--synthetic", "mdn_tiny", "--sweep", "batch", "--sweep-values", "a"], "comma-separated integers"),
+        (["--synthetic", "mdn_tiny", "--reference", "r.txt"], "--reference needs --path"),
+        (["--path", "x.pt", "--data", "d", "--input", "i", "--sweep", "srclen"], "--sweep srclen"),
+        (["--synthetic", "mdn_tiny", "--sweep", "srclen", "--sweep-values", "1"], "must be >= 2"),
+        (["--synthetic", "mdn_tiny", "--sweep", "beam", "--latency"], "--sweep and --latency are separate"),
+        (["--synthetic", "mdn_tiny", "--peak-size", "8"], "--peak-size 8: must be >= 16"),
+        (["--synthetic", "mdn_tiny", "--latency-sentences", "0"], "--latency-sentences 0: must be >= 1"),
     ],
 )
 def test_bad_arguments_name_the_flag(argv, message, capsys):
@@ -240,3 +328,28 @@ def test_checkpoints_and_shell_wrapper(tmp_path, multi30k):
     assert [r["row"] for r in result["rows"]] == ["one · fast", "two · fast"]
     assert result["rows"][0]["sentences"] == 20 and result["setting"]["out_len"] is None
     assert "| two · fast |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_checkpoint_rows_report_bleu(tmp_path, multi30k):
+    """A trained plain Transformer checkpoint: fp32, int8, bf16 (and CTranslate2, when installed) rows
+    translate the same sentences, each with its BLEU against --reference."""
+    import importlib.util
+
+    binarise(tmp_path, multi30k, {"train": ("train", 200), "valid": ("val", 12)})
+    train(tmp_path, "mdn_transformer_tiny", "ck", "--lr", "0.002", "--max-tokens", "2000", "--max-update", "2",
+          "--no-epoch-checkpoints", "--disable-validation")  # fmt: skip
+    ct2 = ["--ctranslate2"] if importlib.util.find_spec("ctranslate2") else []
+    result = bench.run(
+        ["--path", str(tmp_path / "ck" / "checkpoint_last.pt"), "--data", str(tmp_path / "bin"), "--input",
+         str(tmp_path / "valid.en"), "--reference", str(tmp_path / "valid.de"), "--name", "tiny", "--int8",
+         "--bf16", "--generator", "fairseq", "--batch-size", "4", "--beam", "2", "--max-len-b", "8", "--repeats",
+         "1", "--threads", "1", "--peak-size", "64", *ct2]
+    )  # fmt: skip
+    rows = {r["row"]: r for r in result["rows"]}
+    assert {"tiny · fairseq", "tiny · fairseq · int8"} <= set(rows)
+    if ct2:
+        assert {"tiny · ctranslate2", "tiny · ctranslate2 · int8"} <= set(rows)
+    for r in rows.values():
+        assert r["sentences"] == 12 and 0 <= r["bleu"] <= 100 and "tok:none" in r["bleu_signature"]
+    assert result["setting"]["out_len"] is None

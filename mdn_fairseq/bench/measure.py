@@ -33,7 +33,9 @@ GENERATORS: Dict[str, Callable[..., nn.Module]] = {"fairseq": SequenceGenerator,
 class Row:
     """One line of the table: ``model`` translated by ``generator`` (kind ``generator_kind``) over
     ``batches``; filled in by the measurement: wall seconds per repeat, sentences and best-hypothesis
-    tokens per pass, peak memory (MiB) and the per-module profile (seconds, see :mod:`.profile`)."""
+    tokens per pass, peak memory (MiB), the per-module profile (seconds, see :mod:`.profile`) and the
+    best hypothesis of each sentence (its id -> tokens, EOS included) of the last pass; ``device`` is
+    where the batches are (for the model's autocast context)."""
 
     model: Model
     generator_kind: str
@@ -44,6 +46,8 @@ class Row:
     tokens: int = 0
     peak_mem_mib: Optional[float] = None
     profile: Optional[Dict[str, float]] = None
+    hypotheses: Dict[int, torch.Tensor] = field(default_factory=dict)
+    device: str = "cpu"
 
     @property
     def name(self) -> str:
@@ -125,15 +129,24 @@ class PeakMemory:
         return False
 
 
-def translate(row: Row, out_len: Optional[int]):
-    """Translate ``row.batches`` with ``row.generator``; returns (sentences, tokens of the best hypotheses,
-    EOS included).  With ``out_len``, raises ``RuntimeError`` if any hypothesis is not ``out_len`` + EOS
-    tokens long (the fixed-length setting would be broken)."""
+def translate_batch(row: Row, sample: Dict) -> List[List[Dict]]:
+    """``row.generator.generate`` on one batch, in the model's precision context (autocast variants)."""
+    with row.model.context(row.device):
+        return row.generator.generate([row.model.model], sample)
+
+
+def translate(row: Row, out_len: Optional[int], batches: Optional[List[Dict]] = None):
+    """Translate ``batches`` (default ``row.batches``) with ``row.generator``; returns (sentences, tokens
+    of the best hypotheses, EOS included) and keeps each sentence's best hypothesis in ``row.hypotheses``.
+    With ``out_len``, raises ``RuntimeError`` if any hypothesis is not ``out_len`` + EOS tokens long (the
+    fixed-length setting would be broken)."""
     sentences = tokens = 0
-    for sample in row.batches:
-        hypos = row.generator.generate([row.model.model], sample)
+    for sample in row.batches if batches is None else batches:
+        hypos = translate_batch(row, sample)
         sentences += len(hypos)
         tokens += sum(len(h[0]["tokens"]) for h in hypos)
+        for i, h in zip(sample["id"].tolist(), hypos):
+            row.hypotheses[i] = h[0]["tokens"]
         if out_len is not None:
             bad = {len(h["tokens"]) for hs in hypos for h in hs} - {out_len + 1}
             if bad:
@@ -149,7 +162,7 @@ def warm_up(rows: List[Row], batches: int) -> None:
     with torch.no_grad():
         for row in rows:
             for sample in row.batches[:1] * batches:
-                row.generator.generate([row.model.model], sample)
+                translate_batch(row, sample)
 
 
 def time_rows(rows: List[Row], repeats: int, warmup: int, out_len: Optional[int], device: str) -> None:
@@ -210,6 +223,7 @@ def row_records(rows: List[Row]) -> List[Dict]:
             "model": row.model.name,
             "generator": row.generator_kind,
             "int8": row.model.int8,
+            "variant": row.model.variant,
             "params": row.model.params,
             "sentences": row.sentences,
             "tokens": row.tokens,

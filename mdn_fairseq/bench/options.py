@@ -16,7 +16,12 @@ from ..errors import MDNError
 from .inputs import count_sentences
 from .measure import GENERATORS
 
-SWEEP_DEFAULTS = {"batch": [1, 8, 16, 32, 64, 128], "beam": [1, 2, 4, 8, 16], "bpe": [2000, 10000, 20000, 32000]}
+SWEEP_DEFAULTS = {
+    "batch": [1, 8, 16, 32, 64, 128],
+    "beam": [1, 2, 4, 8, 16],
+    "bpe": [2000, 10000, 20000, 32000],
+    "srclen": [10, 25, 50, 100, 200],
+}
 DESCRIPTION = "Translation speed of fairseq models, side by side in one process."
 
 
@@ -45,6 +50,13 @@ def _add_model_args(p: argparse.ArgumentParser):
         "per --path: models with different BPE read the same sentences in their own segmentation)",
     )
     src.add_argument(
+        "--reference",
+        metavar="FILE",
+        help="--path: reference translations, one per --input sentence, tokenised as the training data "
+        "(BPE removed); adds each row's BLEU (tokenised, sacreBLEU with tokenize=none; hypotheses with "
+        "'@@ ' BPE removed), so fp32, bf16, int8 and CTranslate2 rows show their quality next to their speed",
+    )
+    src.add_argument(
         "--name",
         action="append",
         help="--path: row names, once per --path (default: the checkpoint's folder/file name)",
@@ -68,6 +80,30 @@ def _add_setting_args(p: argparse.ArgumentParser):
         "--int8",
         action="store_true",
         help="also run each model with int8 dynamic quantization (approximate; own rows; CPU)",
+    )
+    run.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also run each model under torch.autocast in reduced precision (bf16 on a CPU with bf16 "
+        "instructions, fp16 on CUDA; approximate; own rows)",
+    )
+    run.add_argument(
+        "--ctranslate2",
+        action="store_true",
+        help="also convert the plain Transformers (and plain equivalents of the other synthetic models) "
+        "with CTranslate2's fairseq converter and time them, fp32 and int8 (pip install 'mdn-fairseq[bench]')",
+    )
+    run.add_argument(
+        "--latency",
+        action="store_true",
+        help="also time every row at batch size 1, one sentence at a time: p50/p95 ms per sentence",
+    )
+    run.add_argument("--latency-sentences", type=int, default=32, help="--latency: the first N sentences of the run")
+    run.add_argument(
+        "--peak-size",
+        type=int,
+        default=2048,
+        help="side of the square matrix product that measures the machine's peak (per precision)",
     )
     run.add_argument(
         "--batch-size",
@@ -99,7 +135,10 @@ def _add_setting_args(p: argparse.ArgumentParser):
     run.add_argument("--fp16", action="store_true", help="half precision (with --device cuda)")
     run.add_argument("--profile", action="store_true", help="also time each module group (one extra pass per row)")
     run.add_argument(
-        "--sweep", choices=sorted(SWEEP_DEFAULTS), help="repeat over batch sizes, beams or target vocabularies"
+        "--sweep",
+        choices=sorted(SWEEP_DEFAULTS),
+        help="repeat over batch sizes, beams, target vocabularies or source lengths (srclen: --synthetic "
+        "sentences of exactly that many tokens, EOS included)",
     )
     run.add_argument(
         "--sweep-values",
@@ -133,6 +172,10 @@ def _check_sources(args):
         raise MDNError("give either --synthetic ARCH[,ARCH...] or --path CKPT (repeatable), not both and not neither")
     if args.path and not (args.data and args.input):
         raise MDNError("--path needs --data DIR (the dictionaries) and --input FILE (one tokenised sentence per line)")
+    if args.reference and not args.path:
+        raise MDNError("--reference needs --path checkpoints (synthetic models translate random sentences)")
+    if args.reference and not os.path.isfile(args.reference):
+        raise MDNError(f"--reference {args.reference}: no such file")
     if args.synthetic and args.input:
         raise MDNError(
             "--input is for --path checkpoints; --synthetic draws random sentences (--num-sentences, --seed)"
@@ -154,9 +197,12 @@ def _check_numbers(args):
         ("--threads", args.threads),
         ("--out-len", args.out_len),
         ("--num-sentences", args.num_sentences),
+        ("--latency-sentences", args.latency_sentences),
     ):
         if value is not None and value < 1:
             raise MDNError(f"{flag} {value}: must be >= 1")
+    if args.peak_size < 16:
+        raise MDNError(f"--peak-size {args.peak_size}: must be >= 16 (a product large enough to time)")
     if args.warmup < 0:
         raise MDNError(f"--warmup {args.warmup}: must be >= 0")
     for flag, value in (("--src-vocab", args.src_vocab), ("--tgt-vocab", args.tgt_vocab)):
@@ -174,6 +220,12 @@ def _check_device(args):
             f"--device cuda: CUDA is not available (torch {torch.__version__}, built with CUDA "
             f"{torch.version.cuda}); run on a GPU machine with a CUDA build of torch, or use --device cpu"
         )
+    if args.bf16 and args.fp16:
+        raise MDNError("--bf16 adds reduced-precision rows to an fp32 run; --fp16 makes the whole run half: use one")
+    if args.ctranslate2:
+        from .ct2 import require_ctranslate2
+
+        require_ctranslate2()
     if args.int8 and args.device != "cpu":
         raise MDNError(
             "--int8 uses torch's dynamic quantization, which runs on CPU only: drop --int8 or use --device cpu"
@@ -185,15 +237,20 @@ def _check_sweep(args):
         raise MDNError(
             "--sweep bpe varies the target vocabulary, which needs --synthetic models (a checkpoint's is fixed)"
         )
+    if args.sweep == "srclen" and not args.synthetic:
+        raise MDNError("--sweep srclen draws random sentences of each length, which needs --synthetic models")
     if args.sweep_values and not args.sweep:
-        raise MDNError("--sweep-values needs --sweep batch|beam|bpe")
+        raise MDNError("--sweep-values needs --sweep batch|beam|bpe|srclen")
+    if args.sweep and (args.latency or args.reference):
+        flag = "--latency" if args.latency else "--reference"
+        raise MDNError(f"--sweep and {flag} are separate measurements: run them in two commands")
     if not args.sweep:
         return
     try:
         values = [int(v) for v in args.sweep_values.split(",")] if args.sweep_values else SWEEP_DEFAULTS[args.sweep]
     except ValueError:
         raise MDNError(f"--sweep-values takes comma-separated integers; got {args.sweep_values!r}") from None
-    low = 5 if args.sweep == "bpe" else 1
+    low = {"bpe": 5, "srclen": 2}.get(args.sweep, 1)  # srclen: a word and EOS
     if any(v < low for v in values):
         raise MDNError(f"--sweep-values {args.sweep_values}: every {args.sweep} value must be >= {low}")
     args.sweep_values = values
@@ -219,6 +276,12 @@ def _check_per_path(args):
             "--input files hold different numbers of sentences ("
             + ", ".join(f"{p}: {c}" for p, c in counts.items())
             + "): give every model the same sentences"
+        )
+    n_refs = count_sentences(args.reference) if args.reference else None
+    if n_refs is not None and n_refs != next(iter(counts.values())):
+        raise MDNError(
+            f"--reference {args.reference}: {n_refs} references for {next(iter(counts.values()))} --input "
+            "sentences; give one reference per non-empty --input line"
         )
 
 

@@ -43,9 +43,11 @@ def synthetic_task(src_vocab: int, tgt_vocab: int) -> DictionaryTask:
 
 
 def paper_vocab(arch: str) -> Tuple[int, int]:
-    """(source, target) vocabulary sizes of the paper's speed comparison: 32K/10K for the MDN
-    architectures (``mdn*``), 32K/32K for every other (``transformer``, ``mdn_transformer_*``)."""
-    mdn = arch.startswith("mdn") and not arch.startswith("mdn_transformer")
+    """(source, target) vocabulary sizes of the paper's speed comparison: 32K/10K for the architectures
+    with the tricks (``mdn*``, and ``aan_mdn``/``can_mdn``: the small target BPE is one of the tricks),
+    32K/32K for every other (``transformer``, ``mdn_transformer_*``, ``aan``, ``san``, ``can``)."""
+    with_tricks = arch.startswith("mdn") or arch.endswith("_mdn")
+    mdn = with_tricks and not arch.startswith("mdn_transformer")
     return (32000, 10000) if mdn else (32000, 32000)
 
 

@@ -1,17 +1,23 @@
 """The benchmark's outputs made from its records (:func:`~.measure.row_records`): the speed table in the
-layout of the paper's Table 4, the profile table (Table 1), the one-line setting, and for a sweep its
-table, CSV and plot (Fig. 3).  Files are written atomically (:mod:`mdn_fairseq.files`).
+layout of the paper's Table 4, the roofline table (arithmetic against the measured peak), the profile
+table (Table 1) and the gap split, the latency table, the one-line setting, and for a sweep its table,
+CSV and plot (Fig. 3).  Files are written atomically (:mod:`mdn_fairseq.files`).
 """
 
 import csv
 import logging
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ..files import atomic_write
 from .profile import REGIONS
 
-SWEEP_LABELS = {"batch": "batch size (sentences)", "beam": "beam size", "bpe": "target vocabulary size"}
+SWEEP_LABELS = {
+    "batch": "batch size (sentences)",
+    "beam": "beam size",
+    "bpe": "target vocabulary size",
+    "srclen": "source length (tokens)",
+}
 
 
 def _fmt(stats: Dict) -> str:
@@ -20,15 +26,95 @@ def _fmt(stats: Dict) -> str:
 
 def speed_table(records: List[Dict]) -> str:
     """Markdown: per row, parameters (millions), sentences/s and tokens/s (median, min–max), the speedup
-    over the first row and the peak memory (MiB, ``n/a`` where not measured)."""
-    lines = ["| model | #params | sent/s | tok/s | speedup | peak mem (MiB) |", "|---|---|---|---|---|---|"]
+    over the first row and the peak memory (MiB, ``n/a`` where not measured); a BLEU column when the
+    records have one (``--reference``)."""
+    bleu = any("bleu" in r for r in records)
+    head = "| model | #params | sent/s | tok/s | speedup | peak mem (MiB) |" + (" BLEU |" if bleu else "")
+    lines = [head, "|---" * (7 if bleu else 6) + "|"]
     for r in records:
         up = r["speedup"]
         mem = "n/a" if r["peak_mem_mib"] is None else f"{r['peak_mem_mib']:.1f}"
         lines.append(
             f"| {r['row']} | {r['params'] / 1e6:.1f}M | {_fmt(r['sent_per_s'])} | {_fmt(r['tok_per_s'])} | "
-            f"{up['median']:.2f}× ({up['min']:.2f}–{up['max']:.2f}) | {mem} |"
+            f"{up['median']:.2f}× ({up['min']:.2f}–{up['max']:.2f}) | {mem} |" + (f" {r['bleu']:.2f} |" if bleu else "")
         )
+    return "\n".join(lines)
+
+
+def peaks_line(peaks: Dict[str, Optional[Dict]]) -> str:
+    """One line: the measured peak of each precision (GFLOP/s) and how it was measured."""
+    parts = [
+        f"{p} not measured (no such product on this device)"
+        if v is None
+        else f"{p} {v['gflop_per_s']:.1f} GFLOP/s ({v['method']})"
+        for p, v in peaks.items()
+    ]
+    return "Machine peak, same threads: " + "; ".join(parts) + "."
+
+
+def _ms(seconds: Optional[float], batches: int) -> str:
+    return "n/a" if seconds is None else f"{1000 * seconds / batches:.1f}"
+
+
+def roofline_table(records: List[Dict], batches: int) -> str:
+    """Markdown: per row its precision, arithmetic per pass (GFLOP, 2 per multiply-add), achieved GFLOP/s
+    (median, min–max), share of the precision's peak, the sentences/s it would reach at peak, and ms per
+    batch at peak (its arithmetic limit), measured, and the gap between them (share of the measured time)."""
+    lines = [
+        "| model | precision | GFLOP/pass | GFLOP/s | % of peak | sent/s at peak | "
+        "ms/batch at peak | ms/batch measured | gap ms/batch (% of measured) |",
+        "|---" * 9 + "|",
+    ]
+    for r in records:
+        measured = r["sent_per_s"]["median"]
+        measured_s = r["sentences"] / measured
+        if r["limit_s"] is None:
+            pct = at_peak = gap = "n/a"
+        else:
+            pct = f"{r['pct_of_peak']:.1f}%"
+            at_peak = f"{r['sentences'] / r['limit_s']:.1f}"
+            gap = f"{_ms(r['gap_s'], batches)} ({100 * r['gap_s'] / measured_s:.0f}%)"
+        lines.append(
+            f"| {r['row']} | {r['precision']} | {r['flops'] / 1e9:.3f} | {_fmt(r['gflop_per_s'])} | {pct} | "
+            f"{at_peak} | {_ms(r['limit_s'], batches)} | {_ms(measured_s, batches)} | {gap} |"
+        )
+    return "\n".join(lines)
+
+
+GAP_HEADING = (
+    "Where the gap goes (from the profile, ms per batch): each module group's share of peak, and the gap "
+    "split into matrix products below peak (the groups' time minus their time at peak) and overhead "
+    "outside them (the profile's other: beam search, softmax, norms, Python; no counted arithmetic):"
+)
+
+
+def gap_table(records: List[Dict], batches: int) -> str:
+    """Markdown (rows with a profile and a peak): per module group the share of peak (``–`` without
+    FLOPs), then the gap split in ms per batch: products below peak and overhead (share of the gap)."""
+    groups = [g for g in REGIONS]
+    lines = [
+        "| model | " + " | ".join(f"{g} % of peak" for g in groups) + " | gap: products | gap: overhead |",
+        "|---" * (len(groups) + 3) + "|",
+    ]
+    for r in records:
+        if r.get("profile_s") is None or "gap_products_s" not in r:
+            continue
+        pct = r["pct_of_peak_by_group"]
+        cells = ["–" if pct[g] is None else f"{pct[g]:.0f}%" for g in groups]
+        gap = r["gap_products_s"] + r["gap_overhead_s"]
+        split = [
+            f"{_ms(r[k], batches)} ({100 * r[k] / gap:.0f}%)" if gap > 0 else _ms(r[k], batches)
+            for k in ("gap_products_s", "gap_overhead_s")
+        ]
+        lines.append(f"| {r['row']} | " + " | ".join(cells + split) + " |")
+    return "\n".join(lines)
+
+
+def latency_table(records: List[Dict]) -> str:
+    """Markdown: per row the p50, p95 and mean milliseconds per sentence at batch size 1."""
+    lines = ["| model | p50 ms | p95 ms | mean ms |", "|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['row']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['mean_ms']:.1f} |")
     return "\n".join(lines)
 
 
@@ -39,6 +125,8 @@ def profile_table(records: List[Dict], batches: int) -> str:
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for r in records:
         p = r["profile_s"]
+        if p is None:  # an engine's row (CTranslate2): no module hooks
+            continue
         cells = [f"{1000 * p[c] / batches:.1f} ({100 * p[c] / p['total']:.0f}%)" for c in cols[:-1]]
         lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {1000 * p['total'] / batches:.1f} |")
     return "\n".join(lines)
@@ -56,7 +144,8 @@ def setting_line(s: Dict) -> str:
 
 
 def sweep_points(value: int, records: List[Dict]) -> List[Dict]:
-    """The sweep's points at ``value``: per row its parameters, medians and profile."""
+    """The sweep's points at ``value``: per row its parameters, medians, FLOPs per pass, achieved GFLOP/s,
+    share of peak and profile."""
     return [
         {
             "value": value,
@@ -65,6 +154,9 @@ def sweep_points(value: int, records: List[Dict]) -> List[Dict]:
             "sent_per_s": r["sent_per_s"]["median"],
             "tok_per_s": r["tok_per_s"]["median"],
             "speedup": r["speedup"]["median"],
+            "flops": r["flops"],
+            "gflop_per_s": r["gflop_per_s"]["median"],
+            "pct_of_peak": r["pct_of_peak"],
             "profile_s": r["profile_s"],
         }
         for r in records
@@ -91,10 +183,11 @@ def sweep_table(points: List[Dict], kind: str, values: Sequence[int]) -> str:
 
 
 def write_sweep_csv(points: List[Dict], kind: str, path: str) -> None:
-    """CSV with the columns ``KIND, row, params, sent_per_s, tok_per_s, speedup``, one line per point."""
+    """CSV with the columns ``KIND, row, params, sent_per_s, tok_per_s, speedup, gflop_per_s,
+    pct_of_peak`` (empty where no peak was measured), one line per point."""
     with atomic_write(path) as f:
         w = csv.writer(f)
-        w.writerow([kind, "row", "params", "sent_per_s", "tok_per_s", "speedup"])
+        w.writerow([kind, "row", "params", "sent_per_s", "tok_per_s", "speedup", "gflop_per_s", "pct_of_peak"])
         for p in points:
             w.writerow(
                 [
@@ -104,16 +197,19 @@ def write_sweep_csv(points: List[Dict], kind: str, path: str) -> None:
                     f"{p['sent_per_s']:.3f}",
                     f"{p['tok_per_s']:.3f}",
                     f"{p['speedup']:.4f}",
+                    f"{p['gflop_per_s']:.3f}",
+                    "" if p["pct_of_peak"] is None else f"{p['pct_of_peak']:.2f}",
                 ]
             )
 
 
 def plot_sweep(points: List[Dict], kind: str, path: str) -> None:
-    """Speedup over the first row (left) and sentences/s (right, log scale) against the swept value
-    (log-2 axis), a line per row; the image format follows ``path``'s extension (PNG by default)."""
+    """Speedup over the first row (left) and sentences/s (right, log scale; for ``srclen`` milliseconds per
+    sentence, how time grows with the length) against the swept value (log-2 axis), a line per row; the
+    image format follows ``path``'s extension (PNG by default)."""
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # before its import, which logs at DEBUG
     import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
@@ -124,9 +220,11 @@ def plot_sweep(points: List[Dict], kind: str, path: str) -> None:
         pts = [p for p in points if p["row"] == name]
         xs = [p["value"] for p in pts]
         ax1.plot(xs, [p["speedup"] for p in pts], marker="o", label=name)
-        ax2.plot(xs, [p["sent_per_s"] for p in pts], marker="o", label=name)
+        ys = [1000 / p["sent_per_s"] if kind == "srclen" else p["sent_per_s"] for p in pts]
+        ax2.plot(xs, ys, marker="o", label=name)
     values = sorted({p["value"] for p in points})
-    for ax, ylabel in ((ax1, f"speedup over {names[0]}"), (ax2, "sentences/s")):
+    right = "ms per sentence" if kind == "srclen" else "sentences/s"
+    for ax, ylabel in ((ax1, f"speedup over {names[0]}"), (ax2, right)):
         ax.set_xscale("log", base=2)
         ax.set_xticks(values, [str(v) for v in values])
         ax.minorticks_off()

@@ -3,6 +3,8 @@
     mdn-bench --synthetic transformer,mdn --threads 2 --repeats 3 --profile --out-md table4.md
     mdn-bench --path a.pt --path b.pt --data bin --input test.en --batch-size 64 --beam 4
     mdn-bench --synthetic transformer,mdn --sweep beam --sweep-values 1,2,4,8 --out-md sweep_beam.md
+    mdn-bench --synthetic transformer,mdn --int8 --bf16 --ctranslate2 --latency --profile --out-md all.md
+    mdn-bench --path a.pt --data bin --input test.en --reference test.de --int8 --bf16   # BLEU per row
 
 The measurement is :mod:`mdn_fairseq.bench` (``--help`` lists every flag); the tables are printed and,
 with ``--out-md``/``--out-json`` (and ``--out-csv``/``--out-png`` for a sweep), written atomically.
