@@ -5,7 +5,7 @@
 #
 # --data  folder with Multi30k task-1 raw text: {train,val,test_2016_flickr}.{en,de}.gz
 #         (default: ../shared/data/multi30k next to this repository)
-# --work  where tokenised text, BPE codes, binarised data and checkpoints go (default: work/demo)
+# --work  where the prepared data (mdn-prepare), the checkpoints and the model folder go (default: work/demo)
 # --quick a few hundred sentences and a few updates: checks every stage in about a minute
 #
 # Sizes can be set in the environment: TRAIN_LINES (0 = all), SRC_MERGES, TGT_MERGES,
@@ -47,53 +47,66 @@ if [ -f "$DATA/SHA256SUMS" ]; then
     || { echo "demo.sh: checksum mismatch in $DATA (see above): re-fetch those files" >&2; exit 1; }
 fi
 
-mkdir -p "$WORK"/{tok,bpe}
+mkdir -p "$WORK/input"
 cd "$WORK"
-# produce OUT CMD...: write CMD's output to OUT through a temporary file; skip if OUT is there.
-produce() { local out=$1; shift; [ -s "$out" ] && return 0; "$@" > "$out.tmp"; mv "$out.tmp" "$out"; }
-take() { awk -v n="$([ "$1" = train ] && echo "$TRAIN_LINES" || echo 0)" 'n == 0 || NR <= n'; }
-tokenise() { zcat "$DATA/$1.$2.gz" | take "$1" | sacremoses -q -l "$2" -j 1 tokenize; }
-learn_bpe() { subword-nmt learn-bpe -s "$1" --input "$2" 2>> bpe/learn-bpe.log; }
-merges() { if [ "$1" = $T ]; then echo "$TGT_MERGES"; else echo "$SRC_MERGES"; fi; }
-
-stage "tokenise (sacremoses)"
-for split in train val test_2016_flickr; do
-  for l in $S $T; do produce tok/$split.$l tokenise $split $l; done
-done
-
-stage "BPE (subword-nmt): $SRC_MERGES source merges, $TGT_MERGES target merges"
+# the input mdn-prepare reads: the first TRAIN_LINES training pairs (0: all), valid and test as they are
 for l in $S $T; do
-  produce bpe/codes.$l learn_bpe "$(merges $l)" tok/train.$l
-  for split in train val test_2016_flickr; do
-    produce bpe/$split.$l subword-nmt apply-bpe -c bpe/codes.$l --input tok/$split.$l
-  done
+  if [ "$TRAIN_LINES" -gt 0 ]; then
+    rm -f input/train.$l.gz
+    [ -s input/train.$l ] || { zcat "$DATA/train.$l.gz" | awk -v n="$TRAIN_LINES" 'NR <= n' > input/train.$l.tmp \
+      && mv input/train.$l.tmp input/train.$l; }
+  else
+    rm -f input/train.$l; ln -sf "$DATA/train.$l.gz" input/train.$l.gz
+  fi
+  for split in val test_2016_flickr; do ln -sf "$DATA/$split.$l.gz" input/$split.$l.gz; done
 done
+# mdn-prepare's settings (the format of configs/TASK.sh). The demo trains on the MDN setting (one BPE model
+# per language); the baseline setting, which mdn-prepare also writes, gets a single merge.
+cat > config.sh <<CONFIG
+# the demo: Multi30k En-De from $WORK/input
+TASK=demo
+SRC=$S
+TGT=$T
+SPLITS="train=train valid=val test=test_2016_flickr"
+DOWNLOAD=none
+BASELINE_JOINT=1
+BASELINE_SRC_MERGES=1
+BASELINE_TGT_MERGES=1
+MDN_JOINT=0
+MDN_SRC_MERGES=$SRC_MERGES
+MDN_TGT_MERGES=$TGT_MERGES
+MAX_LEN=250
+MAX_RATIO=1.5
+QUICK_TRAIN_LINES=1
+QUICK_SRC_MERGES=1
+QUICK_TGT_MERGES=1
+CONFIG
 
-stage "binarise (fairseq-preprocess)"
-if [ ! -s bin/test.$S-$T.$T.bin ]; then
-  rm -rf bin
-  fairseq-preprocess --source-lang $S --target-lang $T --trainpref bpe/train --validpref bpe/val \
-    --testpref bpe/test_2016_flickr --destdir bin --workers "$THREADS" > preprocess.log
-fi
+stage "prepare (mdn-prepare: Moses tokenisation, BPE: $SRC_MERGES source / $TGT_MERGES target merges, binarise)"
+mdn-prepare --config config.sh --work data --data input --workers "$THREADS" | sed 's/^/   /'
 
 stage "train mdn_tiny (fairseq-train; log: $WORK/train.log)"
 stop=(--max-epoch "$MAX_EPOCH"); [ "$MAX_UPDATE" -gt 0 ] && stop+=(--max-update "$MAX_UPDATE")
-fairseq-train bin --user-dir "$REPO/mdn_fairseq" --arch mdn_tiny --task translation \
+fairseq-train data/mdn/bin --user-dir "$REPO/mdn_fairseq" --arch mdn_tiny --task translation \
   --optimizer adam --adam-betas '(0.9, 0.98)' --lr 0.002 --lr-scheduler inverse_sqrt --warmup-updates 400 \
   --criterion cross_entropy --dropout 0.1 --decoder-dropout 0 --max-tokens 4096 "${stop[@]}" \
-  --save-dir checkpoints --no-epoch-checkpoints --seed 1 --num-workers 0 \
+  --save-dir mdn_tiny --no-epoch-checkpoints --seed 1 --num-workers 0 \
   --log-format simple --log-interval 50 2>&1 | tee train.log | grep -E "\| (train|valid) \|" || true
-[ -s checkpoints/checkpoint_last.pt ] || { echo "demo.sh: training wrote no checkpoint (see $WORK/train.log)" >&2; exit 1; }
+[ -s mdn_tiny/checkpoint_last.pt ] || { echo "demo.sh: training wrote no checkpoint (see $WORK/train.log)" >&2; exit 1; }
 
 stage "translate test_2016_flickr (fairseq-generate, beam 4)"
-fairseq-generate bin --user-dir "$REPO/mdn_fairseq" --path checkpoints/checkpoint_last.pt --gen-subset test \
+fairseq-generate data/mdn/bin --user-dir "$REPO/mdn_fairseq" --path mdn_tiny/checkpoint_last.pt --gen-subset test \
   --beam 4 --batch-size 64 --required-batch-size-multiple 1 --remove-bpe > generate.log 2> generate.err
 tail -n 1 generate.log
 
-stage "translate a few sentences (fairseq-interactive)"
+stage "export the model with its tokenisation (mdn-export -> $WORK/model)"
+mdn-export --checkpoint mdn_tiny/checkpoint_last.pt --prepared data/mdn --out model | sed 's/^/   /'
+
+stage "translate a few raw sentences (fairseq-interactive: tokenised as in training, output detokenised)"
 zcat "$DATA/test_2016_flickr.$S.gz" | awk 'NR <= 3' > few.$S
-fairseq-interactive bin --user-dir "$REPO/mdn_fairseq" --path checkpoints/checkpoint_last.pt \
-  --source-lang $S --target-lang $T --tokenizer moses --bpe subword_nmt --bpe-codes bpe/codes.$S \
-  --beam 4 --input few.$S 2> interactive.err | grep '^D-' | cut -f3 > few.$T
+fairseq-interactive model --user-dir "$REPO/mdn_fairseq" --task translation_mdn --path model/model.pt \
+  --source-lang $S --target-lang $T --beam 4 --input few.$S 2> interactive.err > interactive.out \
+  || { tail -n 20 interactive.err >&2; echo "demo.sh: fairseq-interactive failed (see $WORK/interactive.err)" >&2; exit 1; }
+grep '^D-' interactive.out | cut -f3 > few.$T
 paste -d '\n' few.$S few.$T | awk -v s=$S -v t=$T '{ print "  " (NR % 2 ? s : t) ": " $0 }'
 stage "done"

@@ -21,8 +21,8 @@
 #  9 report    RESULTS/results.md and results.json
 # Default WORK: work/TASK (work/TASK-quick with --quick); RESULTS: results/TASK (WORK/results with --quick).
 # Re-running skips every finished stage (judged by its outputs) and resumes an interrupted training
-# from its checkpoint_last.pt.  --world-size N trains with fairseq's distributed training on N GPUs
-# (multi-node: add fairseq's --distributed-* flags through EXTRA_TRAIN_ARGS).
+# from its checkpoint_last.pt.  --world-size N: fairseq's distributed data parallel on N GPUs, or without CUDA
+# in N local processes (gloo, legacy_ddp: see scripts/lib/recipe.sh); more nodes: EXTRA_TRAIN_ARGS.
 set -euo pipefail
 
 SCRIPT=reproduce.sh USAGE_LINES=2,25p
@@ -72,7 +72,7 @@ BENCH=(--path "$WORK/baseline/checkpoint_avg.pt" --path "$WORK/bpe10k/checkpoint
        --path "$WORK/mdn/checkpoint_avg.pt" --name Baseline --name "+ BPE 10K" --name MDN
        --data "$D/baseline/bin" --data "$D/mdn/bin" --data "$D/mdn/bin"
        --input "$WORK/bench/input.baseline.$SRC" --input "$WORK/bench/input.mdn.$SRC" --input "$WORK/bench/input.mdn.$SRC"
-       --batch 64 --beam 4 --repeats "$REPEATS")
+       --batch-size 64 --beam 4 --repeats "$REPEATS")
 newest=$(ls -t "$WORK"/{baseline,bpe10k,mdn}/checkpoint_avg.pt | head -n 1)
 if ! fresh "$WORK/bench/cpu.json" "$newest"; then
   mdn-bench "${BENCH[@]}" --threads "$THREADS" --out-md "$WORK/bench/cpu.md" --out-json "$WORK/bench/cpu.json" 2> "$WORK/bench/cpu.err" \

@@ -37,8 +37,15 @@ else
   MAX_UPDATE=0 REPEATS=3 BENCH_LINES=0
 fi
 GPU=$(python -c "import torch; print(torch.cuda.device_count())")
-if [ "$WORLD" -gt 1 ] && [ "$WORLD" -gt "$GPU" ]; then
-  die "--world-size $WORLD needs $WORLD GPUs on this node, found $GPU (CPU training runs in one process)"
+# --world-size N > 1: fairseq's distributed data parallel.  With GPUs fairseq spawns one process per GPU.
+# Without CUDA we start the N processes (train_ranks), with the flags fairseq's DDP needs on CPU:
+#   --ddp-backend legacy_ddp --distributed-backend gloo --distributed-world-size N --distributed-no-spawn
+#   --device-id 0 --distributed-init-method tcp://127.0.0.1:PORT --distributed-rank R   (R = 0..N-1)
+# each with --threads/N threads; rank 0 logs to WORK/NAME/train.log, rank R to WORK/NAME/train.rankR.log.
+if [ "$WORLD" -gt 1 ] && [ "$GPU" -gt 0 ] && [ "$WORLD" -gt "$GPU" ]; then
+  die "--world-size $WORLD needs $WORLD GPUs on this node, found $GPU"
+elif [ "$WORLD" -gt "$THREADS" ] && [ "$GPU" = 0 ]; then
+  die "--world-size $WORLD needs $WORLD GPUs, or without CUDA $WORLD CPU threads (one process per rank): pass --threads $WORLD or more (now $THREADS)"
 fi
 mkdir -p "$WORK" "$RESULTS"
 WORK=$(cd "$WORK" && pwd) RESULTS=$(cd "$RESULTS" && pwd)
@@ -57,6 +64,9 @@ COMMON=(--user-dir "$REPO/mdn_fairseq" --task translation_mdn --optimizer adam -
 [ "$MAX_UPDATE" -gt 0 ] && COMMON+=(--max-update "$MAX_UPDATE")
 [ "$GPU" -gt 0 ] && COMMON+=(--fp16) || COMMON+=(--cpu)
 [ "$WORLD" -gt 1 ] && COMMON+=(--distributed-world-size "$WORLD")
+CPU_RANKS=0  # 1: we start the --world-size processes (no CUDA)
+[ "$WORLD" -gt 1 ] && [ "$GPU" = 0 ] && CPU_RANKS=1 \
+  && COMMON+=(--ddp-backend legacy_ddp --distributed-backend gloo --distributed-no-spawn --device-id 0)
 # shellcheck disable=SC2206
 [ -n "${EXTRA_TRAIN_ARGS:-}" ] && COMMON+=($EXTRA_TRAIN_ARGS)
 
@@ -69,10 +79,25 @@ train() {  # train NAME DATA-BIN EPOCHS ARGS...
   mkdir -p "$dir"
   [ -s "$dir/checkpoint_last.pt" ] && echo "   $name: resuming from $dir/checkpoint_last.pt"
   echo "   $name: fairseq-train (full log: $dir/train.log)"
-  fairseq-train "$data" "${COMMON[@]}" --save-dir "$dir" --max-epoch "$epochs" "$@" 2>&1 \
+  train_ranks "$dir" "$data" "${COMMON[@]}" --save-dir "$dir" --max-epoch "$epochs" "$@" 2>&1 \
     | tee -a "$dir/train.log" | grep --line-buffered -E "\| (train|valid) \||num_updates=[0-9]*00," || true
   mdn-report done "$dir/checkpoint_last.pt" --max-epoch "$epochs" --max-update "$MAX_UPDATE" \
     || die "training $name did not finish (see $dir/train.log)"
+}
+
+train_ranks() {  # train_ranks DIR ARGS...: fairseq-train ARGS; on CPU with --world-size N > 1, N processes
+  local dir=$1 port rank rc=0 pids=(); shift
+  if [ $CPU_RANKS = 0 ]; then fairseq-train "$@"; return; fi
+  port=$(python -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+  for ((rank = 1; rank < WORLD; rank++)); do
+    OMP_NUM_THREADS=$((THREADS / WORLD)) fairseq-train "$@" --distributed-init-method "tcp://127.0.0.1:$port" \
+      --distributed-rank "$rank" >> "$dir/train.rank$rank.log" 2>&1 &
+    pids+=($!)
+  done
+  OMP_NUM_THREADS=$((THREADS / WORLD)) fairseq-train "$@" --distributed-init-method "tcp://127.0.0.1:$port" \
+    --distributed-rank 0 || rc=$?
+  for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done
+  return "$rc"
 }
 
 average() {  # average NAME: the mean of the last 5 epoch checkpoints
@@ -102,6 +127,18 @@ evaluate() {  # evaluate NAME DATA-BIN RAW-DIR
     mdn-report score --generate "$dir/generate.$split.txt" "${refs[@]}" --lang "$TGT" \
       --out "$dir/scores.$split.json" --detok-out "$dir/hyp.$split.detok.$TGT"
   done
+  export_model "$name" "$data"
+}
+
+# export_model NAME DATA-BIN: WORK/models/NAME, the averaged model as a folder that translates raw text tokenised
+# as mdn-prepare did (mdn-export; DATA-BIN's parent is the mdn-prepare BPE folder: codes, dictionaries)
+export_model() {
+  local name=$1 out=$WORK/models/$1
+  fresh "$out/model.pt" "$WORK/$name/checkpoint_avg.pt" && return 0
+  mdn-export --checkpoint "$WORK/$name/checkpoint_avg.pt" --prepared "$(dirname "$2")" --out "$out" > /dev/null \
+    || die "mdn-export failed for $name (see above)"
+  echo "   $name: model folder $out (fairseq-interactive $out --user-dir mdn_fairseq --task translation_mdn" \
+    "--path $out/model.pt -s $SRC -t $TGT)"
 }
 
 seqkd_data() {  # sequence-level KD data from the teacher: WORK/seqkd/bin (original + distilled pairs)
@@ -113,7 +150,7 @@ seqkd_data() {  # sequence-level KD data from the teacher: WORK/seqkd/bin (origi
 wd_init() {  # the student initialised from the teacher (weight distillation): WORK/mdn_init.pt
   fresh "$WORK/mdn_init.pt" "$TEACHER" && return 0
   mdn-init --teacher "$TEACHER" --arch "$STUDENT_ARCH" --data "$D/mdn/bin" -s "$SRC" -t "$TGT" \
-    --out "$WORK/mdn_init.pt" --wd-head index:0
+    --out "$WORK/mdn_init.pt" --wd-head index --wd-head-index 0
 }
 
 case ${STUDENT_DATA:-} in
