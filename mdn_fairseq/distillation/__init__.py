@@ -1,7 +1,8 @@
 """Distillation from a Transformer teacher: the paper's weight distillation and knowledge distillation.
 
 * :mod:`.weights` — the weight-distillation mapping, pure functions over state dicts, one per part of
-  the module tree (embeddings, a layer, a narrow attention, the output factors) and their driver;
+  the module tree (embeddings, a layer, a narrow attention, a CAN layer, the output factors) and their
+  driver; MDN and peer students (AAN, SAN, CAN) alike, what has no counterpart reported fresh;
 * :mod:`.heads` — which teacher head a narrow student attention takes (``--wd-head``, declared once);
 * :mod:`.student` — a student checkpoint initialised from a teacher (``mdn-init``);
 * :mod:`.sequence_kd` — sequence-level KD data: the teacher's translations, binarised (``mdn-seqkd``).

@@ -1,4 +1,4 @@
-"""Weight distillation: initialise an MDN student from a Transformer teacher (pure functions).
+"""Weight distillation: initialise a student (the MDN or a peer) from a Transformer teacher (pure functions).
 
 State dicts in, state dicts out; no fairseq state.  One small function per part of the module tree,
 each over the sub-state-dict of that part (keys relative to it), composed by
@@ -12,16 +12,19 @@ each over the sub-state-dict of that part (keys relative to it), composed by
   teacher decoder layer ``j``; a decoder FFN the student lacks is dropped;
 * :func:`map_attention` — an attention of the teacher's width is copied; a narrow one (the MDN's single
   head) takes the chosen teacher head(s) with :func:`extract_heads`: their rows of q/k/v and the
-  matching columns of the output projection;
+  matching columns of the output projection.  Only the projections the student has are mapped, so a
+  SAN layer that reuses its block's attention weights (``v_proj``/``out_proj`` only) takes the teacher
+  layer's values and output; an AAN average block (no projections) takes nothing;
+* :func:`map_compressed_layer` — a CAN decoder layer (one merged sub-layer), see its docstring;
 * :func:`map_output_projection` — a full-rank student copies the teacher's output matrix; a rank-E
   student gets its truncated SVD (:func:`svd_factors`): ``A = U_E S_E^½`` (V×E), ``B = V_E S_E^½`` (H×E).
 
 Whatever else both have (the stacks' final layer norms) is copied by name.  Student parameters no
 function filled keep their initialisation and are listed in :attr:`Mapping.fresh`, teacher parameters
-nothing used in :attr:`Mapping.dropped` — so a student with parts of its own (another decoder layer
-type) is initialised as far as the teacher allows and says what it initialised fresh.  Parameter names
-are fairseq's, so pre-norm and post-norm teachers map alike.  Every mismatch raises
-:class:`~mdn_fairseq.errors.DistillationError` naming both values.
+nothing used in :attr:`Mapping.dropped` — so a student with parts of its own (the peers' decoder layers:
+AAN's gates and average FFN, CAN's residual projection W_r) is initialised as far as the teacher allows
+and says what it initialised fresh.  Parameter names are fairseq's, so pre-norm and post-norm teachers
+map alike.  Every mismatch raises :class:`~mdn_fairseq.errors.DistillationError` naming both values.
 """
 
 import re
@@ -110,13 +113,18 @@ def extract_heads(attn: Params, heads: Sequence[int], head_dim: int) -> Params:
 def map_attention(
     teacher: Params, student: Params, teacher_heads: int, head_index: int, where: str = ""
 ) -> Tuple[Params, Optional[List[int]]]:
-    """One attention layer (keys ``q_proj.weight`` ... ``out_proj.bias``).  Of the teacher's width: copied,
-    heads None.  Narrower (the student's ``k`` heads of the teacher's ``head_dim``): teacher heads
-    ``head_index, ..., head_index + k - 1`` (mod ``teacher_heads``), returned as the list of heads.
-    Raises :class:`DistillationError` when the student's width is not a whole number of teacher heads."""
-    if "q_proj.weight" not in student or teacher["q_proj.weight"].shape == student["q_proj.weight"].shape:
+    """One attention layer (keys ``q_proj.weight`` ... ``out_proj.bias``; the student may have only some of
+    them).  Of the teacher's width: copied, heads None.  Narrower (the student's ``k`` heads of the
+    teacher's ``head_dim``): teacher heads ``head_index, ..., head_index + k - 1`` (mod ``teacher_heads``),
+    returned as the list of heads.  No q/k/v projection in the student (an AAN average block) or in the
+    teacher: nothing mapped.  Raises :class:`DistillationError` when the student's width is not a whole
+    number of teacher heads."""
+    key = next((f"{p}.weight" for p in PROJECTIONS if f"{p}.weight" in student and f"{p}.weight" in teacher), None)
+    if key is None:
+        return {}, None
+    if teacher[key].shape == student[key].shape:
         return copy_matching(teacher, student, where), None
-    student_dim, teacher_dim = student["q_proj.weight"].shape[0], teacher["q_proj.weight"].shape[0]
+    student_dim, teacher_dim = student[key].shape[0], teacher[key].shape[0]
     head_dim = teacher_dim // teacher_heads
     if student_dim % head_dim != 0:
         raise DistillationError(
@@ -128,12 +136,21 @@ def map_attention(
     return copy_matching(narrowed, student, where), heads
 
 
+def rename(params: Params, names: Dict[str, str]) -> Params:
+    """The entries of ``params`` under the modules named in ``names`` (e.g. ``{"r_proj": "fc1"}``), renamed
+    to their counterparts (``r_proj.weight`` -> ``fc1.weight``); entries of other modules are left out."""
+    return {names[m] + k[len(m) :]: v for k, v in params.items() for m in names if k.startswith(m + ".")}
+
+
 def map_layer(
-    teacher: Params, student: Params, teacher_heads: int, head_index: int = 0, where: str = ""
-) -> Tuple[Params, Dict[str, List[int]]]:
+    teacher: Params, student: Params, teacher_heads: int, head_index: int = 0, where: str = "", prenorm: bool = False
+) -> Tuple[Params, Dict[str, List[int]], List[str]]:
     """One encoder or decoder layer: its attentions through :func:`map_attention`, the rest (layer norms,
-    FFN) copied where the student has it.  Returns the student's layer parameters and, per narrowed
-    attention (``"self_attn"``/``"encoder_attn"``), the teacher heads it took."""
+    FFN) copied where the student has it; a CAN layer through :func:`map_compressed_layer` (``prenorm``:
+    the student's norm placement).  Returns the student's layer parameters, per narrowed attention
+    (``"self_attn"``/``"encoder_attn"``) the teacher heads it took, and the teacher keys used."""
+    if any(k.startswith(CAN) for k in student):
+        return map_compressed_layer(teacher, student, teacher_heads, head_index, prenorm, where)
     out, heads = {}, {}
     for attn in ATTENTIONS:
         t, s = subtree(teacher, f"{attn}."), subtree(student, f"{attn}.")
@@ -144,7 +161,65 @@ def map_layer(
                 heads[attn] = took
     rest = {k: v for k, v in student.items() if not k.startswith(tuple(f"{a}." for a in ATTENTIONS))}
     out.update(copy_matching(teacher, rest, where))
-    return out, heads
+    return out, heads, list(out)
+
+
+CAN = "compressed_attn."  # the CAN decoder layer's merged sub-layer
+
+
+def map_compressed_layer(
+    teacher: Params, student: Params, teacher_heads: int, head_index: int = 0, prenorm: bool = True, where: str = ""
+) -> Tuple[Params, Dict[str, List[int]], List[str]]:
+    """A CAN decoder layer (``compressed_attn.*``, ``layer_norm.*``) from a Transformer decoder layer.
+
+    CAN merges the teacher's three sub-layers into one; each of its projections takes the teacher
+    projection that plays the same role, narrowed to the chosen heads as :func:`map_attention` does:
+
+    * source side, from the cross-attention: ``q_proj`` (W_q), ``enc_k_proj`` (W_ek), ``enc_v_proj``
+      (W_ev) <- ``encoder_attn.q_proj/k_proj/v_proj``: on the source keys the student scores exactly as
+      the teacher's cross-attention does;
+    * target side, from the self-attention: ``k_proj`` (W_k), ``v_proj`` (W_v) <- ``self_attn.k_proj/
+      v_proj`` (same role: decoder states to keys and values).  CAN has one W_q for both sides; it takes
+      the cross-attention's, because the source side is what a translation decoder cannot do without
+      (AAN replaces target self-attention by a plain average), so target scores start approximate;
+    * values only when ``--can-value-dim`` equals the attention width, so that value heads line up with
+      the teacher's heads (``can_mdn``); wider values (``can``: 8 heads × 256) have no counterpart;
+    * ``r_proj``/``out_proj`` (W_r: d -> d_v, W_o: d_v -> d) <- the FFN's ``fc1``/``fc2`` when ``d_v``
+      is the teacher's FFN width (``can``, ``can_tiny``): CAN's ReLU hidden layer stands for the FFN's,
+      with the attention added into it.  Otherwise, when the values are teacher heads, ``out_proj`` <-
+      the cross-attention's output projection (those heads' columns), W_r stays fresh;
+    * ``layer_norm`` <- the teacher's layer norm in the same place: pre-norm (``prenorm``), the one on
+      the layer input (``self_attn_layer_norm``); post-norm, the one on the layer output
+      (``final_layer_norm``, or ``encoder_attn_layer_norm`` for a teacher without decoder FFN).
+
+    Returns the parameters, ``{"compressed_attn": heads}`` when narrowed, and the teacher keys used.
+    Raises :class:`DistillationError` when the attention width is not a whole number of teacher heads."""
+    s = subtree(student, CAN)
+    values = s["v_proj.weight"].shape[0] == s["q_proj.weight"].shape[0]
+    ffn = all(
+        f"{t}.weight" in teacher and teacher[f"{t}.weight"].shape == s[f"{o}.weight"].shape
+        for o, t in (("r_proj", "fc1"), ("out_proj", "fc2"))
+    )
+    cross, target = {"q_proj": "q_proj", "enc_k_proj": "k_proj"}, {"k_proj": "k_proj"}
+    if values:
+        cross["enc_v_proj"] = target["v_proj"] = "v_proj"
+        if not ffn:
+            cross["out_proj"] = "out_proj"
+    out, heads, used = {}, {}, []
+    for attn, names in (("encoder_attn", cross), ("self_attn", target)):
+        t = subtree(teacher, f"{attn}.")
+        mapped, took = map_attention(t, rename(s, names), teacher_heads, head_index, f"{where}{attn}.")
+        out.update(rename(mapped, {theirs: CAN + ours for ours, theirs in names.items()}))
+        used += [f"{attn}.{k}" for k in mapped]
+        if took is not None:
+            heads[CAN[:-1]] = took
+    last = "final_layer_norm" if "final_layer_norm.weight" in teacher else "encoder_attn_layer_norm"
+    plain = {"layer_norm": "self_attn_layer_norm" if prenorm else last}
+    if ffn:
+        plain.update({CAN + "r_proj": "fc1", CAN + "out_proj": "fc2"})
+    copied = copy_matching(teacher, rename(student, plain), where)
+    out.update(rename(copied, {theirs: ours for ours, theirs in plain.items()}))
+    return out, heads, used + list(copied)
 
 
 @dataclass
@@ -258,13 +333,15 @@ def count_layers(sd: Params, side: str) -> int:
 
 
 def distill_state_dict(
-    teacher: Params, student: Params, teacher_heads: int, head_index: int = 0
+    teacher: Params, student: Params, teacher_heads: int, head_index: int = 0, prenorm: Optional[bool] = None
 ) -> Tuple[Params, Mapping]:
     """The student's state dict, initialised from the teacher's (the driver over the module tree).
 
     ``student`` gives the student's keys, shapes and dtypes (e.g. a freshly built model's
     ``state_dict()``); ``teacher_heads`` is the teacher decoder's head count; a narrow student attention
-    of ``k`` heads takes teacher heads ``head_index, ..., head_index + k - 1``.  Returns a state dict with
+    of ``k`` heads takes teacher heads ``head_index, ..., head_index + k - 1``.  ``prenorm``: whether the
+    student's decoder is pre-norm (only CAN layers need it); by default, whether it has a final layer
+    norm (``decoder.layer_norm``), which fairseq builds for pre-norm decoders.  Returns a state dict with
     every student key (the unmapped ones as the student had them) and the :class:`Mapping`.
     Raises :class:`DistillationError` naming both values when the two cannot be mapped.
     """
@@ -274,6 +351,7 @@ def distill_state_dict(
         raise DistillationError(f"the student has {dec_s} decoder layers, more than the teacher's {dec_t}")
     mapping.encoder_layers = round_robin(count_layers(student, "encoder"), count_layers(teacher, "encoder"))
     mapping.decoder_layers = list(range(dec_s))
+    prenorm = "decoder.layer_norm.weight" in student if prenorm is None else prenorm
     out: Params = {}
     used: Set[str] = set()
 
@@ -286,10 +364,10 @@ def distill_state_dict(
         put(f"{side}.", map_embeddings(t_side, s_side, side), f"{side}.")
         for i, t in enumerate(layers):
             s_prefix, t_prefix = f"{side}.layers.{i}.", f"{side}.layers.{t}."
-            params, heads = map_layer(
-                subtree(teacher, t_prefix), subtree(student, s_prefix), teacher_heads, head_index, s_prefix
+            params, heads, sources = map_layer(
+                subtree(teacher, t_prefix), subtree(student, s_prefix), teacher_heads, head_index, s_prefix, prenorm
             )
-            put(s_prefix, params, t_prefix)
+            put(s_prefix, params, t_prefix, sources)
             mapping.heads.update({f"{i}.{a}": h for a, h in heads.items()})
     params, mapping.svd, source = map_output_projection(subtree(teacher, "decoder."), subtree(student, "decoder."))
     put("decoder.", params, "decoder.", [source] if source else [])

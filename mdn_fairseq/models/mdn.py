@@ -150,7 +150,11 @@ class MDNModel(TransformerModel):
     ``forward(src_tokens, src_lengths, prev_output_tokens)`` is fairseq's: ``src_tokens`` (batch, src_len)
     left-padded, ``src_lengths`` (batch,), ``prev_output_tokens`` (batch, tgt_len) -> ``(logits, extra)``
     with ``logits`` (batch, tgt_len, V), unnormalised, and ``extra["attn"]`` the cross-attention weights.
+
+    Subclasses with another decoder (the peers, :mod:`mdn_fairseq.models.peers`) set ``decoder_class``.
     """
+
+    decoder_class = MDNDecoder  #: built by :meth:`build_decoder`; a :class:`MDNDecoder` subclass
 
     @classmethod
     def hub_models(cls):
@@ -174,12 +178,13 @@ class MDNModel(TransformerModel):
 
     @classmethod
     def build_decoder(cls, cfg, tgt_dict, embed_tokens):
-        """fairseq's hook: an :class:`MDNDecoder`, with ``--decoder-dropout`` as its dropout."""
+        """fairseq's hook: the model's ``decoder_class`` (an :class:`MDNDecoder` here), with
+        ``--decoder-dropout`` as its dropout."""
         cfg = TransformerConfig.from_namespace(cfg)
         if getattr(cfg, "decoder_dropout", None) is not None:
             cfg = copy.copy(cfg)  # the encoder and the saved config keep --dropout
             cfg.dropout = cfg.decoder_dropout
-        return MDNDecoder(cfg, tgt_dict, embed_tokens, no_encoder_attn=cfg.no_cross_attention)
+        return cls.decoder_class(cfg, tgt_dict, embed_tokens, no_encoder_attn=cfg.no_cross_attention)
 
     def upgrade_state_dict_named(self, state_dict: Dict[str, Tensor], name: str):
         """Upgrade ``state_dict`` (in place) from older fairseq and plugin versions: fairseq's upgrades

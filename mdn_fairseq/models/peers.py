@@ -8,13 +8,11 @@ peers accept all peer flags, so that a flag given to the wrong peer fails with a
 architecture has that part, instead of being ignored.
 """
 
-import copy
 from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
 from fairseq.dataclass import FairseqDataclass
 from fairseq.dataclass.utils import gen_parser_from_dataclass
-from fairseq.models.transformer import TransformerConfig
 from fairseq.models.transformer.transformer_legacy import base_architecture
 
 from ..errors import ArchitectureError
@@ -172,10 +170,10 @@ def check_peer_args(args, peer: str):
 
 
 class PeerModel(MDNModel):
-    """An MDN model whose decoder is a peer's (``decoder_class``), with the peer flags (``peer``)."""
+    """An MDN model whose decoder is a peer's, with the peer flags (``peer``): subclasses set ``peer`` and
+    ``decoder_class`` (:meth:`MDNModel.build_decoder` builds it, with ``--decoder-dropout``)."""
 
     peer: str = ""
-    decoder_class = None
 
     @classmethod
     def add_args(cls, parser):
@@ -194,11 +192,3 @@ class PeerModel(MDNModel):
         base_architecture(args)
         check_peer_args(args, cls.peer)
         return super().build_model(args, task)
-
-    @classmethod
-    def build_decoder(cls, cfg, tgt_dict, embed_tokens):
-        cfg = TransformerConfig.from_namespace(cfg)
-        if getattr(cfg, "decoder_dropout", None) is not None:
-            cfg = copy.copy(cfg)  # as MDNModel: the encoder and the saved config keep --dropout
-            cfg.dropout = cfg.decoder_dropout
-        return cls.decoder_class(cfg, tgt_dict, embed_tokens, no_encoder_attn=cfg.no_cross_attention)
