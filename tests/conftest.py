@@ -86,3 +86,15 @@ def train(work: Path, arch: str, save_dir: str, *flags):
     defaults (adam, no workers, seed 1) and ``flags`` after them (later flags win).  Returns the output."""
     return run_cli(["fairseq-train", "bin", "--user-dir", USER_DIR, "--arch", arch, "--save-dir", save_dir,
                     "--optimizer", "adam", "--num-workers", "0", "--seed", "1", *flags], work).out
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory, multi30k):
+    """A folder with ``bin/`` (Multi30k slices: train 1000, valid 50, test 60 pairs, en-de, raw text beside it)
+    and ``ck/checkpoint_last.pt``: ``mdn_tiny`` trained 60 updates with ``--task translation_mdn``, once per
+    session (the generation tests: fast_generator, ngram_blocking)."""
+    work = tmp_path_factory.mktemp("trained_tiny")
+    binarise(work, multi30k, {"train": ("train", 1000), "valid": ("val", 50), "test": ("test_2016_flickr", 60)})
+    train(work, "mdn_tiny", "ck", "--task", "translation_mdn", "--lr", "0.005", "--max-tokens", "4000",
+          "--max-update", "60", "--no-epoch-checkpoints", "--disable-validation")
+    return work

@@ -1,0 +1,56 @@
+"""A lean beam search for MDN-like models: fairseq's ``SequenceGenerator``, same output, less work.
+
+With a one-layer, one-head decoder the decoder itself costs little; what is left is the deep
+encoder and the per-step bookkeeping.  :class:`FastSequenceGenerator` runs fairseq's beam search
+(``search.BeamSearch`` with ``SequenceGenerator``'s finalisation rules) on the model's own
+modules, but
+
+* runs the encoder on the non-pad tokens only (attention on the padded batch, masked as fairseq
+  masks it), with in-place activations;
+* projects the encoder output to cross-attention keys/values once per sentence and shares them
+  across the beam (fairseq repeats the encoder output ``beam`` times and projects every copy);
+* keeps self-attention keys/values in preallocated buffers, reordered in one ``index_select``
+  per step (no per-step ``torch.cat``, no incremental-state dictionaries, no encoder-out reorder);
+* never forms the log-probability matrix: ``log_softmax(x) = x - logsumexp(x)`` is a per-row
+  shift, so the beam candidates come from the logits (masked as fairseq masks them) shifted by
+  ``score - logsumexp``, ranked block-wise (:func:`top_k_shifted`) instead of by a full top-k.
+
+Hypotheses, scores, positional scores, attention and alignments equal ``SequenceGenerator``'s with
+the same settings (float32: scores to float rounding, ~1e-6; half precision: bit for bit, see
+:mod:`.search`).
+
+Modules: :mod:`.options` (every ``GenerationConfig`` option: implemented, handed to fairseq's
+generator, or refused), :mod:`.support` (which models), :mod:`.steps` and :mod:`.attention` (the model,
+one step at a time; :mod:`.incremental`: the same through the model's own forward), :mod:`.search`
+(the beam search), :mod:`.beams` (its hypotheses), :mod:`.topk` (candidate ranking), :mod:`.ngram`
+(``--no-repeat-ngram-size``, also fixed in fairseq's generator), :mod:`.alignment` (``--print-alignment``).
+"""
+
+from .ngram import NGramBlocker, ban_repeated_ngrams, install_ngram_blocker
+from .options import GenerationOptionError, check_refused, plan
+from .search import FastSequenceGenerator, build_fallback
+from .support import decoder_unsupported_reason, encoder_unsupported_reason
+from .topk import logsumexp_rows, top_k_shifted
+
+
+def unsupported_reason(models, args=None, extra_gen_cls_kwargs=None, prefix_allowed_tokens_fn=None):
+    """Why ``task.build_generator(models, args, ...)`` must be fairseq's generator, or None; raises
+    :class:`GenerationOptionError` for an option neither generator honours (see :func:`.options.plan`)."""
+    return plan(models, args, extra_gen_cls_kwargs, prefix_allowed_tokens_fn)
+
+
+__all__ = [
+    "FastSequenceGenerator",
+    "GenerationOptionError",
+    "NGramBlocker",
+    "ban_repeated_ngrams",
+    "build_fallback",
+    "check_refused",
+    "decoder_unsupported_reason",
+    "encoder_unsupported_reason",
+    "install_ngram_blocker",
+    "logsumexp_rows",
+    "plan",
+    "top_k_shifted",
+    "unsupported_reason",
+]

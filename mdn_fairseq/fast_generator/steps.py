@@ -1,0 +1,202 @@
+"""The model side of the lean beam search: a fairseq Transformer encoder-decoder, one step at a time.
+
+:class:`TransformerSteps` runs ``TransformerEncoderBase.forward`` (on the non-pad tokens only) and
+``TransformerDecoderBase.forward`` with incremental state, as fairseq's ``SequenceGenerator`` calls
+them, on buffers it owns.  The search (:mod:`.search`) sees four methods: ``start`` (encode a batch,
+make the state), ``step`` (logits and attention of the next token), ``reorder`` (keep some hypotheses)
+and ``drop_sentences``; :class:`.incremental.IncrementalSteps` is the same interface over the model's
+own forward, and another decoder family plugs in as another class with these four methods.
+"""
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import CachedSelfAttention, PackedSelfAttention, SharedCrossAttention
+from .support import encoder_unsupported_reason
+
+
+@dataclass
+class Encoded:
+    """The encoder output as packed non-pad tokens ``x`` (tokens, C), their flat positions ``keep`` in the
+    (bsz, src_len) batch (None: no padding), the (bsz, src_len) padding mask ``pad`` (None: no padding)."""
+
+    x: Tensor
+    keep: Optional[Tensor]
+    pad: Optional[Tensor]
+    bsz: int
+    src_len: int
+
+
+@dataclass
+class DecoderState:
+    """Per-batch decoder buffers: position embeddings per step (max_len + 1, C) or None, per layer the
+    self-attention K, V and a second K, V to reorder into (n, H, max_len + 1, D), and per layer the
+    shared cross-attention keys, values, mask (see :meth:`SharedCrossAttention.project`); ``bsz`` sentences,
+    ``src_len`` source positions (the width of the attention the decoder returns)."""
+
+    positions: Optional[Tensor]
+    self_kv: List[List[Tensor]]
+    cross_kv: List[List[Optional[Tensor]]]
+    bsz: int
+    src_len: int
+
+
+class TransformerSteps(nn.Module):
+    """Encoder pass and incremental decoder steps of one fairseq Transformer(-like) model (see
+    :func:`.support.decoder_unsupported_reason` for which); ``enc_attns`` is None where the lean encoder
+    pass does not apply (:func:`.support.encoder_unsupported_reason`) and the encoder's own forward runs."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        decoder = model.decoder
+        self.self_attns = nn.ModuleList(CachedSelfAttention(layer.self_attn) for layer in decoder.layers)
+        self.cross_attns = nn.ModuleList(SharedCrossAttention(layer.encoder_attn) for layer in decoder.layers)
+        self.encoder_fallback_reason = encoder_unsupported_reason(model)
+        self.enc_attns = None
+        if self.encoder_fallback_reason is None:
+            self.enc_attns = nn.ModuleList(PackedSelfAttention(layer.self_attn) for layer in model.encoder.layers)
+        # fairseq's decoder returns the cross-attention of its last layer (alignment_layer=None)
+        self.alignment_layer = len(decoder.layers) - 1
+
+    def encode(self, net_input) -> Encoded:
+        """The encoder output for ``net_input["src_tokens"]`` (bsz, src_len); without a lean pass for this
+        encoder (``enc_attns`` None), the encoder's own forward, packed."""
+        src_tokens = net_input["src_tokens"]
+        bsz, src_len = src_tokens.shape[:2]
+        if self.enc_attns is None:
+            out = self.model.encoder.forward_torchscript(net_input)
+            enc = out["encoder_out"][0].transpose(0, 1)
+            pad = out["encoder_padding_mask"][0] if len(out["encoder_padding_mask"]) else None
+            pad = pad if pad is not None and bool(pad.any()) else None
+            keep = None if pad is None else (~pad).view(-1).nonzero().squeeze(1)
+            x = enc.reshape(bsz * enc.size(1), -1)
+            return Encoded(x if keep is None else x.index_select(0, keep), keep, pad, bsz, enc.size(1))
+        pad = src_tokens.eq(self.model.encoder.padding_idx)
+        pad = pad if bool(pad.any()) else None
+        x, keep = self._packed_encoder(src_tokens, pad)
+        return Encoded(x, keep, pad, bsz, src_len)
+
+    def _packed_encoder(self, src_tokens: Tensor, pad: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        """``TransformerEncoderBase.forward`` on the non-pad tokens only: (tokens, C) and ``keep``."""
+        encoder = self.model.encoder
+        bsz, src_len = src_tokens.shape
+        x = encoder.embed_scale * encoder.embed_tokens(src_tokens)
+        if encoder.embed_positions is not None:
+            x = x + encoder.embed_positions(src_tokens)
+        if encoder.layernorm_embedding is not None:
+            x = encoder.layernorm_embedding(x)
+        if encoder.quant_noise is not None:
+            x = encoder.quant_noise(x)
+        x = x.view(bsz * src_len, -1)
+        keep = mask = buf = None
+        if pad is not None:
+            keep = (~pad).view(-1).nonzero().squeeze(1)
+            x = x.index_select(0, keep)
+            mask = (~pad).view(bsz, 1, 1, src_len)
+        for layer, attn in zip(encoder.layers, self.enc_attns):
+            pre = layer.normalize_before
+            residual = x
+            if pre:
+                x = layer.self_attn_layer_norm(x)
+            if pad is not None and (buf is None or buf.size(2) != attn.attn.embed_dim):
+                buf = x.new_zeros(3, bsz * src_len, attn.attn.embed_dim)
+            x = residual + attn(x, keep, bsz, src_len, mask, buf)
+            if not pre:
+                x = layer.self_attn_layer_norm(x)
+            residual = x
+            if pre:
+                x = layer.final_layer_norm(x)
+            h = layer.fc1(x)
+            h = torch.relu_(h) if layer.activation_fn is F.relu else layer.activation_fn(h)
+            x = residual + layer.fc2(h)
+            if not pre:
+                x = layer.final_layer_norm(x)
+        if encoder.layer_norm is not None:
+            x = encoder.layer_norm(x)
+        return x, keep
+
+    def start(self, net_input, beam: int, max_len: int, position_token: int) -> DecoderState:
+        """Encode ``net_input`` (fairseq's, ``src_tokens`` (bsz, src_len)) and make the buffers for decoding
+        its sentences with ``beam`` hypotheses each, up to ``max_len + 1`` steps; ``position_token``: a
+        non-pad token (the positions of a row of them are the decoder's positions per step)."""
+        enc = self.encode(net_input)
+        dec = self.model.decoder
+        device = enc.x.device
+        cross_kv = [cross.project(enc.x, enc.keep, enc.bsz, enc.src_len, enc.pad) for cross in self.cross_attns]
+        positions = None
+        if dec.embed_positions is not None:
+            steps = torch.full((1, max_len + 1), position_token, dtype=torch.long, device=device)
+            positions = dec.embed_positions(steps)[0]  # the position of step t, as in incremental decoding
+        n = enc.bsz * beam
+        self_kv = [
+            [enc.x.new_empty(n, a.num_heads, max_len + 1, a.head_dim) for _ in range(4)]
+            for a in (s.attn for s in self.self_attns)
+        ]
+        return DecoderState(positions, self_kv, cross_kv, enc.bsz, enc.src_len)
+
+    def _embed(self, tokens: Tensor, step: int, positions: Optional[Tensor]) -> Tensor:
+        dec = self.model.decoder
+        x = dec.embed_scale * dec.embed_tokens(tokens)
+        if dec.quant_noise is not None:
+            x = dec.quant_noise(x)
+        if dec.project_in_dim is not None:
+            x = dec.project_in_dim(x)
+        if positions is not None:
+            x += positions[step]
+        if dec.layernorm_embedding is not None:
+            x = dec.layernorm_embedding(x)
+        return x
+
+    def step(self, prefix: Tensor, step: int, state: DecoderState) -> Tuple[Tensor, Tensor]:
+        """The next-token logits (n, V), unnormalised, in the model's dtype, for the n hypotheses ``prefix``
+        (n, step + 1) (the start symbol and the tokens so far), and the alignment layer's cross-attention
+        (n, src_len) in float32."""
+        dec = self.model.decoder
+        x = self._embed(prefix[:, step], step, state.positions)
+        attn = None
+        for i, layer in enumerate(dec.layers):
+            pre = layer.normalize_before
+            residual = x
+            if pre:
+                x = layer.self_attn_layer_norm(x)
+            x = residual + self.self_attns[i](x, step, state.self_kv[i])
+            if not pre:
+                x = layer.self_attn_layer_norm(x)
+            residual = x
+            if pre:
+                x = layer.encoder_attn_layer_norm(x)
+            out, weights = self.cross_attns[i](x, state.cross_kv[i], need_weights=i == self.alignment_layer)
+            attn = weights if weights is not None else attn
+            x = residual + out
+            if not pre:
+                x = layer.encoder_attn_layer_norm(x)
+            if layer.fc1 is not None:
+                residual = x
+                if pre:
+                    x = layer.final_layer_norm(x)
+                x = residual + layer.fc2(layer.activation_fn(layer.fc1(x)))
+                if not pre:
+                    x = layer.final_layer_norm(x)
+        if dec.layer_norm is not None:
+            x = dec.layer_norm(x)
+        if dec.project_out_dim is not None:
+            x = dec.project_out_dim(x)
+        return dec.output_projection(x), attn.float()
+
+    def reorder(self, state: DecoderState, order: Tensor, n_old: int, step: int) -> None:
+        """Keep hypothesis rows ``order`` (n_new,) of the n_old rows, for the self-attention caches of
+        steps ``0..step``; the cross-attention keys are per sentence (see :meth:`drop_sentences`)."""
+        n = order.numel()
+        for buffers in state.self_kv:
+            for src, dst in ((buffers[0], buffers[2]), (buffers[1], buffers[3])):
+                torch.index_select(src[:n_old, :, : step + 1], 0, order, out=dst[:n, :, : step + 1])
+            buffers[0], buffers[2], buffers[1], buffers[3] = buffers[2], buffers[0], buffers[3], buffers[1]
+
+    def drop_sentences(self, state: DecoderState, keep: Tensor) -> None:
+        """Keep sentences ``keep`` (indices into the current batch) in the shared cross-attention keys."""
+        state.cross_kv = [[t.index_select(0, keep) if t is not None else None for t in kv] for kv in state.cross_kv]
