@@ -6,6 +6,7 @@
 fairseq's generator otherwise (logged, with the reason).  ``--no-fast-generator`` always uses
 fairseq's.  Either way, a generation option that neither generator honours is refused with an error
 naming it, and ``--no-repeat-ngram-size`` blocks n-grams (fairseq's CPU blocking is fixed here).
+``--replace-unk [ALIGN_DICT]`` works (fairseq's crashes): see :mod:`mdn_fairseq.fairseq_fixes`.
 Everything else is ``translation``, so its checkpoints, data and flags carry over.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from .. import fairseq_fixes
 from ..fast_generator import FastSequenceGenerator, install_ngram_blocker, plan
 from .batching import KeepEverySentence
 
@@ -40,11 +42,17 @@ class TranslationMDNTask(KeepEverySentence, TranslationTask):
 
     cfg: TranslationMDNConfig
 
+    def __init__(self, cfg, src_dict, tgt_dict):
+        super().__init__(cfg, src_dict, tgt_dict)
+        fairseq_fixes.install()  # --replace-unk; before the CLIs load the align dict (fairseq_fixes.py)
+
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, prefix_allowed_tokens_fn=None):
         """fairseq's generator, replaced by the lean beam search where that does everything ``args`` asks
         (:func:`mdn_fairseq.fast_generator.plan`; else the reason is logged).  Options that neither
         generator honours raise :class:`~mdn_fairseq.fast_generator.GenerationOptionError`; fairseq's
-        generator gets a working ``--no-repeat-ngram-size`` (:class:`~mdn_fairseq.fast_generator.NGramBlocker`)."""
+        generator gets a working ``--no-repeat-ngram-size`` (:class:`~mdn_fairseq.fast_generator.NGramBlocker`).
+        With ``--replace-unk`` either generator extracts hard alignments (:func:`mdn_fairseq.fairseq_fixes.generation_args`)."""
+        args = fairseq_fixes.generation_args(args)
         # fairseq builds its generator first, which validates the options with its own errors; it is
         # also the lean search's fallback for batches with prefix tokens or constraints
         stock = super().build_generator(
