@@ -196,6 +196,25 @@ def test_half_precision_is_fairseqs(arch, dtype):
         assert {h["score"].dtype for hs in got for h in hs} == {torch.float32}
 
 
+@pytest.mark.parametrize("arch", ["mdn_tiny", "mdn_transformer_tiny"])
+def test_cpu_autocast_bf16_is_fairseqs(arch):
+    """A float32 model under torch.autocast("cpu", bfloat16), as `mdn-bench --bf16` runs it: the lean search
+    detects autocast and takes the half-precision route, so hypotheses, scores, attention and alignments are
+    fairseq's bit for bit (the packed route would mix float32 buffers with bfloat16 projections)."""
+    model = eos_friendly(build_model(arch, tgt_vocab=1000))
+    tgt_dict = model.decoder.dictionary
+    setting = dict(beam_size=4, max_len_b=12, print_alignment="soft")
+    ref = SequenceGeneratorWithAlignment([model], tgt_dict, **setting)
+    fast = FastSequenceGenerator([model], tgt_dict, **setting)
+    for seed in range(3):
+        sample = batch(model, 8, seed)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want, got = ref.generate([model], sample), fast.generate([model], sample)
+        assert_same(want, got, atol=0)
+        assert {h["score"].dtype for hs in got for h in hs} == {torch.float32}
+    assert_same(ref.generate([model], sample), fast.generate([model], sample))  # float32 again: the packed route
+
+
 # ------------------------------------------------------------------------------------------------
 # fallbacks
 

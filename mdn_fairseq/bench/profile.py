@@ -48,9 +48,12 @@ class ModuleTimer:
     def _hook_decoder(self, dec: nn.Module):
         for layer in getattr(dec, "layers", []):
             cross = getattr(layer, "encoder_attn", None)
-            self._module("dec attn", *[a for a in (layer.self_attn, cross) if a is not None])
+            own = getattr(layer, "self_attn", getattr(layer, "compressed_attn", None))  # CAN: its one sub-layer
+            self._module("dec attn", *[a for a in (own, cross) if a is not None])
             if cross is not None:  # the fast path projects keys/values itself
                 self._module("dec attn", cross.k_proj, cross.v_proj)
+            if hasattr(own, "enc_k_proj"):  # CAN's encoder keys/values, which the fast path projects itself
+                self._module("dec attn", own.enc_k_proj, own.enc_v_proj)
             if getattr(layer, "fc1", None) is not None:
                 self._span("dec FFN", layer.fc1, layer.fc2)
         if getattr(dec, "output_projection", None) is not None:

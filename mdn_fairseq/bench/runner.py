@@ -21,7 +21,7 @@ from . import tables
 from .ct2 import CT2Generator, ct2_models
 from .inputs import make_batches, random_sentences, read_sentences
 from .latency import latency_records, time_latency
-from .measure import PeakMemory, Row, build_generator, hardware, row_records, time_rows, translate_batch
+from .measure import PeakMemory, Row, build_generator, hardware, row_records, time_rows
 from .models import (
     Model,
     autocast_dtype,
@@ -76,19 +76,6 @@ def _sentences(args, models: List[Model], batch_size: int, src_len: Optional[int
     return random_sentences(args.num_sentences or 2 * batch_size, vocab, seed=args.seed, **lengths)
 
 
-def _probe(row: Row, notes: List[str]) -> bool:
-    """Whether a reduced-precision row runs at all (one batch; its failure is a note, not the run's)."""
-    if row.model.autocast is None:
-        return True
-    try:
-        with torch.no_grad():
-            translate_batch(row, row.batches[0])
-        return True
-    except RuntimeError as err:
-        notes.append(f"{row.name}: not run ({type(err).__name__} under autocast: {str(err).splitlines()[0]})")
-        return False
-
-
 def _generator(args, kind: str, m: Model, beam: int):
     if kind == "ctranslate2":
         return CT2Generator(m, beam, args.out_len, args.max_len_a, args.max_len_b)
@@ -106,7 +93,7 @@ def make_rows(
 ) -> List[Row]:
     """A row per model and ``--generator`` (CTranslate2 models: one ``ctranslate2`` row), all models on the
     same sentences (the first ``max_sentences``, when given); a model the fast generator cannot run gets no
-    fast row, a reduced-precision row that fails gets none (the reasons go to ``notes``)."""
+    fast row (the reason goes to ``notes``)."""
     shared = _sentences(args, models, batch_size, src_len)
     rows = []
     for m in models:
@@ -125,9 +112,7 @@ def make_rows(
             fallback = getattr(gen, "encoder_fallback_reason", None) if kind == "fast" else None
             if fallback is not None:
                 notes.append(f"{m.name} · fast: the encoder runs its own forward ({fallback})")
-            row = Row(m, kind, gen, batches, device=args.device)
-            if _probe(row, notes):
-                rows.append(row)
+            rows.append(Row(m, kind, gen, batches, device=args.device))
     return rows
 
 

@@ -1,4 +1,4 @@
-"""A lean beam search for MDN-like models: fairseq's ``SequenceGenerator``, same output, less work.
+"""A lean beam search for MDN-like models and their peers: fairseq's ``SequenceGenerator``, same output, less work.
 
 With a one-layer, one-head decoder the decoder itself costs little; what is left is the deep
 encoder and the per-step bookkeeping.  :class:`FastSequenceGenerator` runs fairseq's beam search
@@ -16,12 +16,16 @@ modules, but
   ``score - logsumexp``, ranked block-wise (:func:`top_k_shifted`) instead of by a full top-k.
 
 Hypotheses, scores, positional scores, attention and alignments equal ``SequenceGenerator``'s with
-the same settings (float32: scores to float rounding, ~1e-6; half precision: bit for bit, see
-:mod:`.search`).
+the same settings (float32: scores to float rounding, ~1e-6; half precision and ``torch.autocast``: bit
+for bit, see :mod:`.search`).  Besides fairseq's Transformer and MDN it decodes the paper's peers: AAN
+(the average block over a running sum), SAN (attention weights and outputs shared within blocks of
+layers) and CAN (the compressed sub-layer, encoder keys shared across the beam), and Table 7's
+``aan_mdn``/``can_mdn`` (see :mod:`.support`).
 
 Modules: :mod:`.options` (every ``GenerationConfig`` option: implemented, handed to fairseq's
-generator, or refused), :mod:`.support` (which models), :mod:`.steps` and :mod:`.attention` (the model,
-one step at a time; :mod:`.incremental`: the same through the model's own forward), :mod:`.search`
+generator, or refused), :mod:`.support` (which models, by which route), :mod:`.steps`, :mod:`.attention`
+and :mod:`.compressed` (the model, one step at a time; :mod:`.incremental`: the same through the model's
+own forward), :mod:`.search`
 (the beam search), :mod:`.beams` (its hypotheses), :mod:`.topk` (candidate ranking), :mod:`.ngram`
 (``--no-repeat-ngram-size``, also fixed in fairseq's generator), :mod:`.alignment` (``--print-alignment``).
 """
@@ -29,7 +33,12 @@ one step at a time; :mod:`.incremental`: the same through the model's own forwar
 from .ngram import NGramBlocker, ban_repeated_ngrams, install_ngram_blocker
 from .options import GenerationOptionError, check_refused, plan
 from .search import FastSequenceGenerator, build_fallback
-from .support import decoder_unsupported_reason, encoder_unsupported_reason
+from .support import (
+    decoder_unsupported_reason,
+    encoder_unsupported_reason,
+    incremental_unsupported_reason,
+    packed_unsupported_reason,
+)
 from .topk import logsumexp_rows, top_k_shifted
 
 
@@ -48,8 +57,10 @@ __all__ = [
     "check_refused",
     "decoder_unsupported_reason",
     "encoder_unsupported_reason",
+    "incremental_unsupported_reason",
     "install_ngram_blocker",
     "logsumexp_rows",
+    "packed_unsupported_reason",
     "plan",
     "top_k_shifted",
     "unsupported_reason",

@@ -4,7 +4,8 @@
 ``reorder_encoder_out`` and ``reorder_incremental_state_scripting`` exactly as fairseq's
 ``SequenceGenerator`` (``EnsembleModel``) calls them, so its logits and attention are fairseq's to the
 bit, in any precision.  The lean search uses it for half-precision models (see :mod:`.search`), where
-the packed and shared computations of :class:`.steps.TransformerSteps` round differently from fairseq's.
+the packed and shared computations of :class:`.steps.TransformerSteps` round differently from fairseq's,
+and for the peers' decoders that the packed route does not replicate (see :mod:`.support`).
 """
 
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ class IncrementalSteps(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+        # no lean modules: the attention is the model's own (read by mdn_fairseq.bench's profiler)
+        self.self_attns, self.cross_attns, self.enc_attns = nn.ModuleList(), nn.ModuleList(), None
+        self.encoder_fallback_reason = "the model's own forward"
 
     def start(self, net_input, beam: int, max_len: int, position_token: int) -> IncrementalState:
         """Encode ``net_input`` and repeat the encoder output for ``beam`` hypotheses per sentence."""

@@ -1,29 +1,34 @@
 """The lean beam search: fairseq ``SequenceGenerator``'s beam search and results, less per-step work.
 
 :class:`FastSequenceGenerator` runs ``search.BeamSearch`` with ``SequenceGenerator``'s masking and
-finalisation rules over a :class:`~.steps.TransformerSteps` (the model, one step at a time); the
-candidates come from the logits shifted by ``score - logsumexp`` (:mod:`.topk`) instead of a
+finalisation rules over a model runner (:func:`build_steps`: :class:`~.steps.TransformerSteps` for
+fairseq's Transformer, MDN, AAN and SAN, :class:`~.compressed.CANSteps` for CAN -- the model, one step at
+a time on the search's own buffers -- or, for a peer that the packed route does not replicate,
+:class:`~.incremental.IncrementalSteps`, the model's own incremental forward, with the reason logged);
+the candidates come from the logits shifted by ``score - logsumexp`` (:mod:`.topk`) instead of a
 log-probability matrix.  Each hypothesis carries what fairseq's carries: tokens, score, positional
 scores, ``attention`` (src_len, tgt_len) and, with ``print_alignment``, ``alignment``.
 
-Half precision (a model in float16/bfloat16: ``--fp16``, ``--bf16``).  The model runs in its dtype and
-the search in float32, as fairseq's: log-probabilities are ``log_softmax`` of the float32 logits, beam
-and positional scores float32 sums.  In half precision, though, the packed encoder and the shared
-cross-attention keys of :class:`~.steps.TransformerSteps` feed other shapes and memory layouts to the
-matrix products than fairseq does, and half-precision kernels round those differently in the last
-bit; and half-precision logits tie often, with ``torch.topk`` ordering ties by the tensor it ranks.
-So for a half-precision model the lean search runs the model's own encoder and incremental decoder
+Half precision (a model in float16/bfloat16: ``--fp16``, ``--bf16``; or a float32 model run under
+``torch.autocast``, as ``mdn-bench --bf16`` runs it).  The model runs in its dtype and the search in
+float32, as fairseq's: log-probabilities are ``log_softmax`` of the float32 logits, beam and positional
+scores float32 sums.  In half precision, though, the packed encoder and the shared cross-attention keys
+of the packed route feed other shapes and memory layouts to the matrix products than fairseq does, and
+half-precision kernels round those differently in the last bit (under autocast the packed buffers would
+also mix dtypes); and half-precision logits tie often, with ``torch.topk`` ordering ties by the tensor it
+ranks.  So in half precision the lean search runs the model's own encoder and incremental decoder
 (:class:`~.incremental.IncrementalSteps`) and ranks exactly what fairseq ranks (``log_softmax`` plus
 score over each sentence's beam x vocab, one ``topk``); only its bookkeeping stays lean.  "Same
 results" in half precision is then even stricter than in float32 (where the lean computation agrees
 to float rounding, ~1e-6): the hypotheses, scores, attention and alignments of fairseq's generator,
-bit for bit, on the same device and torch build (tested on CPU in float16 and bfloat16).  Half-precision results are not portable across devices or torch builds (for either
-generator): there, hypotheses may differ where scores differ by less than that rounding; compare BLEU.
+bit for bit, on the same device and torch build (tested on CPU in float16 and bfloat16, and under CPU
+autocast to bfloat16).  Half-precision results are not portable across devices or torch builds (for
+either generator): there, hypotheses may differ where scores differ by less than that rounding; compare BLEU.
 """
 
 import logging
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,16 +36,43 @@ from torch import Tensor, nn
 
 from .alignment import add_alignments
 from .beams import Beams
+from .compressed import CANSteps
 from .incremental import IncrementalSteps
 from .ngram import ban_repeated_ngrams, install_ngram_blocker
 from .options import NGRAM_SIZE_1, GenerationOptionError
 from .steps import TransformerSteps
-from .support import models_unsupported_reason
+from .support import is_can, models_unsupported_reason, packed_unsupported_reason
 from .topk import logsumexp_rows, top_k_shifted
 
 logger = logging.getLogger(__name__)
 
 _HALF = (torch.float16, torch.bfloat16)
+
+
+def build_steps(model) -> Tuple[nn.Module, Optional[str]]:
+    """The lean search's model runner for ``model`` (one the search decodes, see
+    :func:`.support.decoder_unsupported_reason`) and why it is not the packed route, or None: the packed
+    route (:class:`~.compressed.CANSteps` for CAN, else :class:`~.steps.TransformerSteps`) where
+    :func:`.support.packed_unsupported_reason` allows, else the model's own forward
+    (:class:`~.incremental.IncrementalSteps`)."""
+    reason = packed_unsupported_reason(model)
+    if reason is None:
+        return (CANSteps if is_can(model) else TransformerSteps)(model), None
+    return IncrementalSteps(model), reason
+
+
+def reduced_precision(model) -> bool:
+    """Whether ``model`` computes in half precision: float16/bfloat16 parameters, or ``torch.autocast``
+    enabled for the device of its parameters (decided per batch: autocast is a context)."""
+    param = next(model.parameters())
+    if param.dtype in _HALF:
+        return True
+    try:
+        return torch.is_autocast_enabled(param.device.type)
+    except TypeError:  # torch < 2.4: no device argument
+        if param.device.type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
 
 
 def build_fallback(models, tgt_dict, print_alignment=None, left_pad_target=False, **kwargs):
@@ -130,8 +162,15 @@ class FastSequenceGenerator(nn.Module):
             fallback = build_fallback(models, tgt_dict, print_alignment, left_pad_target, **settings)
         self._fallback = install_ngram_blocker(fallback)
         self.model = models[0]
-        self.steps = TransformerSteps(self.model)
-        self.exact_steps = IncrementalSteps(self.model)  # for half precision: the model's own forward
+        self.steps, self.decoder_fallback_reason = build_steps(self.model)
+        if self.decoder_fallback_reason is not None:
+            logger.info(
+                "lean beam search: %s runs its own incremental decoder (%s)",
+                type(self.model).__name__,
+                self.decoder_fallback_reason,
+            )
+        # for half precision: the model's own forward
+        self.exact_steps = self.steps if isinstance(self.steps, IncrementalSteps) else IncrementalSteps(self.model)
         self.tgt_dict = tgt_dict
         self.pad, self.unk = tgt_dict.pad(), tgt_dict.unk()
         self.eos = tgt_dict.eos() if eos is None else eos
@@ -191,6 +230,13 @@ class FastSequenceGenerator(nn.Module):
     def enc_attns(self, value):
         self.steps.enc_attns = value
 
+    @property
+    def encoder_fallback_reason(self) -> Optional[str]:
+        """Why the encoder runs its own forward instead of the lean packed pass, or None."""
+        if self.decoder_fallback_reason is not None:
+            return f"the decoder too: {self.decoder_fallback_reason}"
+        return self.steps.encoder_fallback_reason
+
     def cuda(self):
         self.model.cuda()
         return self
@@ -240,7 +286,7 @@ class FastSequenceGenerator(nn.Module):
                 f"--min-len ({self.min_len}) cannot be larger than the maximum length ({max_len}): "
                 "lower --min-len or raise --max-len-a/--max-len-b"
             )
-        half = next(self.model.parameters()).dtype in _HALF  # see the module docstring
+        half = reduced_precision(self.model)  # see the module docstring
         steps = self.exact_steps if half else self.steps
         state = steps.start(sample["net_input"], beam, max_len, self.eos if self.eos != self.pad else self.pad + 1)
         start = self.eos if bos_token is None else bos_token

@@ -2,10 +2,13 @@
 
 :class:`TransformerSteps` runs ``TransformerEncoderBase.forward`` (on the non-pad tokens only) and
 ``TransformerDecoderBase.forward`` with incremental state, as fairseq's ``SequenceGenerator`` calls
-them, on buffers it owns.  The search (:mod:`.search`) sees four methods: ``start`` (encode a batch,
-make the state), ``step`` (logits and attention of the next token), ``reorder`` (keep some hypotheses)
-and ``drop_sentences``; :class:`.incremental.IncrementalSteps` is the same interface over the model's
-own forward, and another decoder family plugs in as another class with these four methods.
+them, on buffers it owns: for fairseq's Transformer and MDN layers, and for the peers' layers that keep
+that layout -- AAN (the average block in place of self-attention) and SAN (attention weights and outputs
+handed on within blocks of layers, as ``SANDecoder``'s layer loop does).  :class:`.compressed.CANSteps`
+does the same for CAN's one-sub-layer decoder.  The search (:mod:`.search`) sees four methods: ``start``
+(encode a batch, make the state), ``step`` (logits and attention of the next token), ``reorder`` (keep
+some hypotheses) and ``drop_sentences``; :class:`.incremental.IncrementalSteps` is the same interface
+over the model's own forward, and another decoder family plugs in as another class with these four methods.
 """
 
 from dataclasses import dataclass
@@ -15,7 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import CachedSelfAttention, PackedSelfAttention, SharedCrossAttention
+from ..modules.average_attention import AverageAttention
+from ..modules.shared_attention import FIRST, SHARED, SharedWeightsAttention
+from .attention import (
+    CachedAverage,
+    CachedSelfAttention,
+    CachedSharedWeights,
+    PackedSelfAttention,
+    ReusedCrossAttention,
+    SharedCrossAttention,
+)
 from .support import encoder_unsupported_reason
 
 
@@ -34,9 +46,10 @@ class Encoded:
 @dataclass
 class DecoderState:
     """Per-batch decoder buffers: position embeddings per step (max_len + 1, C) or None, per layer the
-    self-attention K, V and a second K, V to reorder into (n, H, max_len + 1, D), and per layer the
-    shared cross-attention keys, values, mask (see :meth:`SharedCrossAttention.project`); ``bsz`` sentences,
-    ``src_len`` source positions (the width of the attention the decoder returns)."""
+    buffers of its self-attention (``buffers()`` of the wrapper: K and V (n, H, max_len + 1, D), AAN's sum
+    (n, C) ...) followed by as many spares to reorder into, and per layer the per-sentence cross-attention
+    keys, values, mask (see :func:`.attention.project_per_sentence`); ``bsz`` sentences, ``src_len``
+    source positions (the width of the attention the decoder returns)."""
 
     positions: Optional[Tensor]
     self_kv: List[List[Tensor]]
@@ -45,23 +58,44 @@ class DecoderState:
     src_len: int
 
 
+def self_attention_step(layer) -> nn.Module:
+    """The lean wrapper of a decoder layer's self-attention: fairseq's attention, AAN's average block, or
+    SAN's shared weights (a SAN block's first layer hands its weights on)."""
+    if isinstance(layer.self_attn, AverageAttention):
+        return CachedAverage(layer.self_attn)
+    if isinstance(layer.self_attn, SharedWeightsAttention):
+        return CachedSharedWeights(layer.self_attn)
+    return CachedSelfAttention(layer.self_attn, hand_on=getattr(layer, "self_role", None) == FIRST)
+
+
 class TransformerSteps(nn.Module):
     """Encoder pass and incremental decoder steps of one fairseq Transformer(-like) model (see
-    :func:`.support.decoder_unsupported_reason` for which); ``enc_attns`` is None where the lean encoder
+    :func:`.support.packed_unsupported_reason` for which); ``enc_attns`` is None where the lean encoder
     pass does not apply (:func:`.support.encoder_unsupported_reason`) and the encoder's own forward runs."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
-        decoder = model.decoder
-        self.self_attns = nn.ModuleList(CachedSelfAttention(layer.self_attn) for layer in decoder.layers)
-        self.cross_attns = nn.ModuleList(SharedCrossAttention(layer.encoder_attn) for layer in decoder.layers)
+        self.self_attns, self.cross_attns = self.decoder_modules(model.decoder)
         self.encoder_fallback_reason = encoder_unsupported_reason(model)
         self.enc_attns = None
         if self.encoder_fallback_reason is None:
             self.enc_attns = nn.ModuleList(PackedSelfAttention(layer.self_attn) for layer in model.encoder.layers)
         # fairseq's decoder returns the cross-attention of its last layer (alignment_layer=None)
-        self.alignment_layer = len(decoder.layers) - 1
+        self.alignment_layer = len(model.decoder.layers) - 1
+
+    @staticmethod
+    def decoder_modules(decoder):
+        """The lean wrappers of the decoder layers' attention: per layer a module with ``buffers`` (the
+        self-attention's) and one with ``project`` (the cross-attention's, per sentence)."""
+        self_attns = nn.ModuleList(self_attention_step(layer) for layer in decoder.layers)
+        cross_attns = nn.ModuleList(
+            ReusedCrossAttention()
+            if getattr(layer, "cross_role", None) == SHARED
+            else SharedCrossAttention(layer.encoder_attn)
+            for layer in decoder.layers
+        )
+        return self_attns, cross_attns
 
     def encode(self, net_input) -> Encoded:
         """The encoder output for ``net_input["src_tokens"]`` (bsz, src_len); without a lean pass for this
@@ -127,17 +161,22 @@ class TransformerSteps(nn.Module):
         enc = self.encode(net_input)
         dec = self.model.decoder
         device = enc.x.device
-        cross_kv = [cross.project(enc.x, enc.keep, enc.bsz, enc.src_len, enc.pad) for cross in self.cross_attns]
+        cross_kv = self.project(enc)
         positions = None
         if dec.embed_positions is not None:
             steps = torch.full((1, max_len + 1), position_token, dtype=torch.long, device=device)
             positions = dec.embed_positions(steps)[0]  # the position of step t, as in incremental decoding
         n = enc.bsz * beam
-        self_kv = [
-            [enc.x.new_empty(n, a.num_heads, max_len + 1, a.head_dim) for _ in range(4)]
-            for a in (s.attn for s in self.self_attns)
-        ]
+        self_kv = []
+        for wrapper in self.self_attns:
+            buffers = wrapper.buffers(n, max_len, enc.x)
+            self_kv.append(buffers + [torch.empty_like(b) for b in buffers])
         return DecoderState(positions, self_kv, cross_kv, enc.bsz, enc.src_len)
+
+    def project(self, enc: Encoded) -> List[List[Optional[Tensor]]]:
+        """Per layer the cross-attention keys, values and mask of the encoder output ``enc``, per sentence
+        (see :func:`.attention.project_per_sentence`; ``[]`` for a layer that reuses another's)."""
+        return [cross.project(enc.x, enc.keep, enc.bsz, enc.src_len, enc.pad) for cross in self.cross_attns]
 
     def _embed(self, tokens: Tensor, step: int, positions: Optional[Tensor]) -> Tensor:
         dec = self.model.decoder
@@ -152,27 +191,41 @@ class TransformerSteps(nn.Module):
             x = dec.layernorm_embedding(x)
         return x
 
-    def step(self, prefix: Tensor, step: int, state: DecoderState) -> Tuple[Tensor, Tensor]:
+    def step(self, prefix: Tensor, step: int, state: DecoderState) -> Tuple[Tensor, Optional[Tensor]]:
         """The next-token logits (n, V), unnormalised, in the model's dtype, for the n hypotheses ``prefix``
         (n, step + 1) (the start symbol and the tokens so far), and the alignment layer's cross-attention
-        (n, src_len) in float32."""
+        (n, src_len) in float32 (None where that layer has none of its own: a SAN layer that reuses it)."""
         dec = self.model.decoder
-        x = self._embed(prefix[:, step], step, state.positions)
-        attn = None
-        for i, layer in enumerate(dec.layers):
+        x, attn = self.layers(self._embed(prefix[:, step], step, state.positions), step, state)
+        if dec.layer_norm is not None:
+            x = dec.layer_norm(x)
+        if dec.project_out_dim is not None:
+            x = dec.project_out_dim(x)
+        return dec.output_projection(x), (attn.float() if attn is not None else None)
+
+    def layers(self, x: Tensor, step: int, state: DecoderState) -> Tuple[Tensor, Optional[Tensor]]:
+        """The decoder layers on ``x`` (n, C) at ``step``: (n, C) and the alignment layer's attention or None.
+        The last self-attention weights handed on (SAN) and the last cross-attention output go to the
+        layers that share them."""
+        attn = weights = cross_out = None
+        for i, layer in enumerate(self.model.decoder.layers):
             pre = layer.normalize_before
             residual = x
             if pre:
                 x = layer.self_attn_layer_norm(x)
-            x = residual + self.self_attns[i](x, step, state.self_kv[i])
+            out, handed = self.self_attns[i](x, step, state.self_kv[i], weights)
+            weights = handed if handed is not None else weights
+            x = residual + out
             if not pre:
                 x = layer.self_attn_layer_norm(x)
             residual = x
-            if pre:
-                x = layer.encoder_attn_layer_norm(x)
-            out, weights = self.cross_attns[i](x, state.cross_kv[i], need_weights=i == self.alignment_layer)
-            attn = weights if weights is not None else attn
-            x = residual + out
+            cross = self.cross_attns[i]
+            if not isinstance(cross, ReusedCrossAttention):
+                if pre:
+                    x = layer.encoder_attn_layer_norm(x)
+                cross_out, found = cross(x, state.cross_kv[i], need_weights=i == self.alignment_layer)
+                attn = found if found is not None else attn
+            x = residual + cross_out
             if not pre:
                 x = layer.encoder_attn_layer_norm(x)
             if layer.fc1 is not None:
@@ -182,21 +235,22 @@ class TransformerSteps(nn.Module):
                 x = residual + layer.fc2(layer.activation_fn(layer.fc1(x)))
                 if not pre:
                     x = layer.final_layer_norm(x)
-        if dec.layer_norm is not None:
-            x = dec.layer_norm(x)
-        if dec.project_out_dim is not None:
-            x = dec.project_out_dim(x)
-        return dec.output_projection(x), attn.float()
+        return x, attn
 
     def reorder(self, state: DecoderState, order: Tensor, n_old: int, step: int) -> None:
-        """Keep hypothesis rows ``order`` (n_new,) of the n_old rows, for the self-attention caches of
+        """Keep hypothesis rows ``order`` (n_new,) of the n_old rows, for the self-attention buffers of
         steps ``0..step``; the cross-attention keys are per sentence (see :meth:`drop_sentences`)."""
         n = order.numel()
         for buffers in state.self_kv:
-            for src, dst in ((buffers[0], buffers[2]), (buffers[1], buffers[3])):
-                torch.index_select(src[:n_old, :, : step + 1], 0, order, out=dst[:n, :, : step + 1])
-            buffers[0], buffers[2], buffers[1], buffers[3] = buffers[2], buffers[0], buffers[3], buffers[1]
+            half = len(buffers) // 2
+            for j in range(half):
+                src, dst = buffers[j], buffers[half + j]
+                if src.dim() == 4:  # n x H x steps x D: only the steps so far
+                    torch.index_select(src[:n_old, :, : step + 1], 0, order, out=dst[:n, :, : step + 1])
+                else:
+                    torch.index_select(src[:n_old], 0, order, out=dst[:n])
+                buffers[j], buffers[half + j] = dst, src
 
     def drop_sentences(self, state: DecoderState, keep: Tensor) -> None:
-        """Keep sentences ``keep`` (indices into the current batch) in the shared cross-attention keys."""
+        """Keep sentences ``keep`` (indices into the current batch) in the per-sentence cross-attention keys."""
         state.cross_kv = [[t.index_select(0, keep) if t is not None else None for t in kv] for kv in state.cross_kv]
