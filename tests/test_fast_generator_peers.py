@@ -89,6 +89,18 @@ def test_packed_route_same_as_sequence_generator(peer, setting):
     assert len(ends) > 2, ends  # hypotheses of several lengths: EOS competes, sentences finish at different steps
 
 
+def test_packed_route_with_one_sentence(peer):
+    """A batch of one sentence (interactive use; the last batch of a test set): the step tensors then keep
+    transposed layouts that a batch of several does not (CAN's multi-head sum once failed on a ``view``)."""
+    tgt_dict = peer.decoder.dictionary
+    setting = dict(beam_size=4, max_len_b=8)
+    ref = SequenceGenerator([peer], tgt_dict, **setting)
+    fast = FastSequenceGenerator([peer], tgt_dict, **setting)
+    for seed in range(2):
+        sample = batch(peer, 1, seed)
+        assert_same_peer(ref.generate([peer], sample), fast.generate([peer], sample))
+
+
 def test_packed_route_with_the_encoders_own_forward(peer):
     """min_len = max_len: every hypothesis runs to the last step; the encoder's own forward gives the same."""
     tgt_dict = peer.decoder.dictionary

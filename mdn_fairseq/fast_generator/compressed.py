@@ -67,7 +67,7 @@ class CachedCompressedAttention(nn.Module):
         p_enc = p[..., :src_len].reshape(bsz, n // bsz, heads, src_len).transpose(1, 2)
         out = torch.matmul(p_enc, enc_v).transpose(1, 2).reshape(n, heads, 1, dv)
         out = out + torch.matmul(p[..., src_len:], v_buf[:n, :, : step + 1])
-        out = a.out_proj(torch.relu(out.view(n, heads * dv) + a.r_proj(x)))
+        out = a.out_proj(torch.relu(out.reshape(n, heads * dv) + a.r_proj(x)))  # the sum keeps a transposed layout
         weights = None
         if need_weights:
             weights = p[..., :src_len]
