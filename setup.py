@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
@@ -5,7 +7,7 @@ setup(
     version="0.1.0",
     description="Mini-Decoder Network (Lin et al. 2021, 'Bag of Tricks for Optimizing Transformer "
     "Efficiency') as a fairseq --user-dir plugin",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.8",
@@ -25,7 +27,7 @@ setup(
         "jieba",  # Chinese segmentation (mdn-prepare, nist12_zh_en)
         "tensorboardX",  # fairseq-train --tensorboard-logdir
     ],
-    extras_require={"test": ["pytest", "ruff"], "bench": ["ctranslate2"]},
+    extras_require={"test": ["pytest", "ruff==0.17.6"], "bench": ["ctranslate2"]},
     entry_points={
         "console_scripts": [
             "mdn-prepare=mdn_fairseq.cli.prepare:main",

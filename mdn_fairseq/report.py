@@ -1,6 +1,6 @@
 """The recipe's bookkeeping as a library: training state of a checkpoint, BLEU of a translation, the
-results tables of ``scripts/reproduce.sh`` (the paper's Table 4) and ``scripts/training_strategies.sh``
-(Table 3).  The ``mdn-report`` CLI (:mod:`mdn_fairseq.cli.report`) is a thin layer over it.
+results tables of ``scripts/reproduce.sh`` (the paper's Table 4; with ``--peers`` also the AAN, SAN and CAN rows
+and Table 7, the tricks on AAN and CAN) and ``scripts/training_strategies.sh`` (Table 3).  The ``mdn-report`` CLI (:mod:`mdn_fairseq.cli.report`) is a thin layer over it.
 
 BLEU: :func:`score` reads ``fairseq-generate`` output (``--remove-bpe``, no ``--tokenizer``): the
 case-sensitive tokenised BLEU that fairseq prints (what the paper reports), and sacreBLEU of the
@@ -10,6 +10,7 @@ Moses-detokenised hypotheses against the untokenised references, with its signat
 import json
 import os
 import re
+import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .checkpoint import load_checkpoint
@@ -109,9 +110,14 @@ def sacrebleu_score(hyps_tok: Sequence[str], refs: Sequence[Sequence[str]], lang
 def score(generate_path: str, ref_paths: Sequence[str], lang: str) -> Dict:
     hyps, bleu = parse_generate(generate_path)
     sacre = sacrebleu_score(hyps, [read_lines(p) for p in ref_paths], lang)
-    return {"sentences": len(hyps), "tok_bleu": bleu, "sacrebleu": sacre["score"],
-            "sacrebleu_signature": sacre["signature"], "references": list(ref_paths),
-            "detokenised": sacre["detokenised"]}
+    return {
+        "sentences": len(hyps),
+        "tok_bleu": bleu,
+        "sacrebleu": sacre["score"],
+        "sacrebleu_signature": sacre["signature"],
+        "references": list(ref_paths),
+        "detokenised": sacre["detokenised"],
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,82 +155,200 @@ def data_lines(prepare: Dict) -> List[str]:
     splits, bpe = prepare.get("splits") or {}, prepare.get("bpe") or {}
     if not splits or not bpe:
         return []
-    out = ["Data: " + ", ".join(f"{split} {v['pairs']} pairs" for split, v in splits.items())
-           + (" (--quick slice)" if prepare.get("quick") else "") + "."]
+    out = [
+        "Data: "
+        + ", ".join(f"{split} {v['pairs']} pairs" for split, v in splits.items())
+        + (" (--quick slice)" if prepare.get("quick") else "")
+        + "."
+    ]
     for name, b in bpe.items():
         merges = ", ".join(f"{k} {m['requested']}" for k, m in b["merges"].items())
         vocab = ", ".join(f"{lang} {n}" for lang, n in b["vocab"].items())
-        out.append(f"BPE `{name}`: {'joint' if b['joint'] else 'separate'} subword-nmt merges ({merges}), "
-                   f"vocabularies {vocab}, {b['pairs']['train']} training pairs after the length/ratio filter.")
+        out.append(
+            f"BPE `{name}`: {'joint' if b['joint'] else 'separate'} subword-nmt merges ({merges}), "
+            f"vocabularies {vocab}, {b['pairs']['train']} training pairs after the length/ratio filter."
+        )
     return [" ".join(out), ""]
 
 
-def build_table(work: str, config: Dict[str, str], command: str = "") -> Tuple[str, Dict]:
-    """results.md text and results.json content from a recipe's work folder."""
+def _result_row(work: str, key: str, label: str, bench: Optional[Dict], gpu: Optional[Dict]) -> Dict:
+    """One row of the results table: #params, BLEU (valid/test) and speed (CPU/GPU, both generators)."""
+    ckpt = os.path.join(work, key, "checkpoint_avg.pt")
+    if not os.path.isfile(ckpt):
+        raise ReportError(f"{ckpt}: missing; run the recipe's training and evaluation stages first")
+    row = {"system": label, "key": key, "checkpoint": ckpt, "params": count_params(ckpt)}
+    for split in ("valid", "test"):
+        s = _load_json(os.path.join(work, key, f"scores.{split}.json"))
+        if s is None:
+            raise ReportError(f"{os.path.join(work, key, f'scores.{split}.json')}: missing; run the evaluation")
+        row[f"{split}_bleu"] = s["tok_bleu"]
+        row[f"{split}_sacrebleu"] = s["sacrebleu"]
+        row["sacrebleu_signature"] = s["sacrebleu_signature"]
+    for device, b in (("cpu", bench), ("gpu", gpu)):
+        for gen in ("fairseq", "fast"):
+            r = _speed(b, label, gen)
+            row[f"{device}_{gen}_sent_per_s"] = None if r is None else r["sent_per_s"]["median"]
+            row[f"{device}_{gen}_speedup"] = None if r is None else r["speedup"]["median"]
+    return row
+
+
+def _times(x: Optional[float]) -> str:
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def _speed_cells(r: Dict, device: str) -> str:
+    return " | ".join(
+        f"{fmt(r[f'{device}_{g}_sent_per_s'], 1)} | {_times(r[f'{device}_{g}_speedup'])}" for g in ("fairseq", "fast")
+    )
+
+
+def _row_line(r: Dict) -> str:
+    return (
+        f"| {r['system']} | {r['params'] / 1e6:.2f}M | {fmt(r['valid_bleu'])} | {fmt(r['test_bleu'])} | "
+        f"{fmt(r['test_sacrebleu'])} | {_speed_cells(r, 'cpu')} |"
+    )
+
+
+_TABLE_HEAD = [
+    "| System | #params | valid BLEU | test BLEU | test sacreBLEU | CPU sent/s (fairseq) | speedup | "
+    "CPU sent/s (fast) | speedup |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+_GPU_HEAD = ["| System | GPU sent/s (fairseq) | speedup | GPU sent/s (fast) | speedup |", "|---|---|---|---|---|"]
+
+
+def build_table(work: str, config: Dict[str, str], command: str = "", peers: bool = False) -> Tuple[str, Dict]:
+    """results.md text and results.json content from a recipe's work folder (``scripts/reproduce.sh``).
+
+    ``peers`` (``reproduce.sh --peers``): the table also has the rows of :data:`PEER_ROWS` (Table 4) and a
+    Table 7 block, :data:`OURS_ROWS` under their peers (results.json: ``rows`` and ``table7``).
+    Raises :class:`ReportError` naming a missing checkpoint or scores file.
+    """
     prepare = _load_json(os.path.join(work, "data", "prepare.json")) or {}
     bench = _load_json(os.path.join(work, "bench", "cpu.json"))
     gpu = _load_json(os.path.join(work, "bench", "gpu.json"))
-    rows = []
-    for key, label in ROWS:
-        ckpt = os.path.join(work, key, "checkpoint_avg.pt")
-        if not os.path.isfile(ckpt):
-            raise ReportError(f"{ckpt}: missing; run the recipe's training and evaluation stages first")
-        row = {"system": label, "key": key, "checkpoint": ckpt, "params": count_params(ckpt)}
-        for split in ("valid", "test"):
-            s = _load_json(os.path.join(work, key, f"scores.{split}.json"))
-            if s is None:
-                raise ReportError(f"{os.path.join(work, key, f'scores.{split}.json')}: missing; run the evaluation")
-            row[f"{split}_bleu"] = s["tok_bleu"]
-            row[f"{split}_sacrebleu"] = s["sacrebleu"]
-            row["sacrebleu_signature"] = s["sacrebleu_signature"]
-        for device, b in (("cpu", bench), ("gpu", gpu)):
-            for gen in ("fairseq", "fast"):
-                r = _speed(b, label, gen)
-                row[f"{device}_{gen}_sent_per_s"] = None if r is None else r["sent_per_s"]["median"]
-                row[f"{device}_{gen}_speedup"] = None if r is None else r["speedup"]["median"]
-        rows.append(row)
+    table4 = ROWS + (tuple((k, label) for k, label, _ in PEER_ROWS) if peers else ())
+    rows = [_result_row(work, key, label, bench, gpu) for key, label in table4]
     teacher, student = rows[1], rows[2]
-    gap = None if teacher["test_bleu"] is None or student["test_bleu"] is None else \
-        round(student["test_bleu"] - teacher["test_bleu"], 2)
-    result = {"task": config.get("TASK"), "source": config.get("SRC"), "target": config.get("TGT"),
-              "prepare": prepare, "bench_setting": (bench or {}).get("setting"),
-              "gpu_bench_setting": (gpu or {}).get("setting"), "rows": rows,
-              "mdn_minus_teacher_test_bleu": gap, "command": command}
+    gap = (
+        None
+        if teacher["test_bleu"] is None or student["test_bleu"] is None
+        else round(student["test_bleu"] - teacher["test_bleu"], 2)
+    )
+    result = {
+        "task": config.get("TASK"),
+        "source": config.get("SRC"),
+        "target": config.get("TGT"),
+        "prepare": prepare,
+        "bench_setting": (bench or {}).get("setting"),
+        "gpu_bench_setting": (gpu or {}).get("setting"),
+        "rows": rows,
+        "mdn_minus_teacher_test_bleu": gap,
+        "command": command,
+    }
     s, t = config.get("SRC"), config.get("TGT")
     lines = [f"# {config.get('TASK')}: {s}→{t}", ""]
     if command:
         lines += [f"Made by `{command}`.", ""]
     lines += data_lines(prepare)
-    def speed_cells(r, device):
-        return " | ".join(f"{fmt(r[f'{device}_{g}_sent_per_s'], 1)} | {fmt(r[f'{device}_{g}_speedup'])}×"
-                          for g in ("fairseq", "fast"))
-
-    head = ("| System | #params | valid BLEU | test BLEU | test sacreBLEU | CPU sent/s (fairseq) | speedup | "
-            "CPU sent/s (fast) | speedup |")
-    lines += [head, "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['system']} | {r['params'] / 1e6:.2f}M | {fmt(r['valid_bleu'])} | {fmt(r['test_bleu'])} | "
-                     f"{fmt(r['test_sacrebleu'])} | {speed_cells(r, 'cpu')} |")
+    lines += _TABLE_HEAD + [_row_line(r) for r in rows]
     if gpu:
-        lines += ["", "| System | GPU sent/s (fairseq) | speedup | GPU sent/s (fast) | speedup |", "|---|---|---|---|---|"]
-        for r in rows:
-            lines.append(f"| {r['system']} | {speed_cells(r, 'gpu')} |")
+        lines += [""] + _GPU_HEAD + [f"| {r['system']} | {_speed_cells(r, 'gpu')} |" for r in rows]
     else:
         lines += ["", "GPU: not measured (no GPU on this machine)."]
-    lines += ["",
-              "BLEU: averaged last 5 epoch checkpoints, beam 4, batch 64, lenpen 0.6; *BLEU* is fairseq's "
-              "case-sensitive tokenised BLEU (as the paper), *sacreBLEU* is on detokenised output, signature "
-              f"`{rows[0]['sacrebleu_signature']}`.",
-              "Speed: sentences/s translating the test source (median of repeats), speedup over Baseline with "
-              "fairseq's SequenceGenerator, both models in one run; *fast* is the plugin's beam search "
-              "(same hypotheses and scores)."]
+    lines += [
+        "",
+        "BLEU: averaged last 5 epoch checkpoints, beam 4, batch 64, lenpen 0.6; *BLEU* is fairseq's "
+        "case-sensitive tokenised BLEU (as the paper), *sacreBLEU* is on detokenised output, signature "
+        f"`{rows[0]['sacrebleu_signature']}`.",
+        "Speed: sentences/s translating the test source (median of repeats), speedup over Baseline with "
+        "fairseq's SequenceGenerator, both models in one run; *fast* is the plugin's beam search "
+        "(same hypotheses and scores).",
+    ]
     if bench:
         st = bench["setting"]
-        lines.append(f"Benchmark setting: {st.get('hardware')}, {st.get('threads')} threads, batch {st.get('batch')}, "
-                     f"beam {st.get('beam')}, {st.get('sentences')} sentences, {st.get('repeats')} repeats.")
+        lines.append(
+            f"Benchmark setting: {st.get('hardware')}, {st.get('threads')} threads, batch {st.get('batch')}, "
+            f"beam {st.get('beam')}, {st.get('sentences')} sentences, {st.get('repeats')} repeats."
+        )
     if gap is not None:
         lines += ["", f"MDN − teacher (+ BPE 10K) test BLEU: {gap:+.2f}."]
+    if peers:
+        peer_lines, result["table7"] = _peer_blocks(work, config, rows, bench, gpu)
+        result["peers"] = {key: _model_text(config, key) for key, _, _ in PEER_ROWS + OURS_ROWS}
+        lines += peer_lines
     return "\n".join(lines) + "\n", result
+
+
+# ------------------------------------------------------------------------------------------------
+# --peers: the paper's peers (Table 4) and the tricks on AAN and CAN (Table 7)
+
+PEER_ROWS = (("aan", "AAN", "AAN"), ("san", "SAN", "SAN"), ("can", "CAN", "CAN"))  # key, System, config prefix
+OURS_ROWS = (("aan_mdn", "AAN + Ours", "aan"), ("can_mdn", "CAN + Ours", "can"))  # key, System, its peer's key
+
+
+def _model_text(config: Dict[str, str], key: str) -> str:
+    """The model of row ``key`` as the config names it: ``arch flags`` (``KEY_ARCH``, ``KEY_ARGS``)."""
+    prefix = key.upper()
+    return " ".join(x for x in (config.get(f"{prefix}_ARCH", "?"), config.get(f"{prefix}_ARGS", "")) if x)
+
+
+def _ratio(ours: Optional[Dict], peer: Optional[Dict]) -> Optional[float]:
+    """Median over the benchmark's repeats of ``ours``'s sentences/s over ``peer``'s (same repeat: the rows
+    alternate within a repeat), None when either row is missing."""
+    if ours is None or peer is None:
+        return None
+    pairs = zip(
+        ours["sent_per_s"].get("runs") or [ours["sent_per_s"]["median"]],
+        peer["sent_per_s"].get("runs") or [peer["sent_per_s"]["median"]],
+    )
+    return statistics.median(a / b for a, b in pairs)
+
+
+def _peer_blocks(work: str, config: Dict[str, str], table4: List[Dict], bench, gpu) -> Tuple[List[str], List[Dict]]:
+    """The markdown after Table 4 with ``--peers`` (what the peer rows are, the Table 7 block, the benchmark's
+    notes) and the Table 7 rows: each "+ Ours" row with the speedup over its peer per generator."""
+    by_key = {r["key"]: r for r in table4}
+    rows = []
+    lines = [
+        "",
+        "Peers (rows AAN, SAN, CAN): "
+        + "; ".join(f"{label} `{_model_text(config, key)}`" for key, label, _ in PEER_ROWS)
+        + "; each trained as the Baseline (baseline BPE, label smoothing 0.1, the same settings and epochs).",
+        "",
+        "## Table 7 analogue: the tricks on AAN and CAN",
+        "",
+        _TABLE_HEAD[0] + " × its peer (fairseq / fast) |",
+        _TABLE_HEAD[1] + "---|",
+    ]
+    for key, label, peer in OURS_ROWS:
+        row = _result_row(work, key, label, bench, gpu)
+        for device, b in (("cpu", bench), ("gpu", gpu)):
+            for gen in ("fairseq", "fast"):
+                row[f"{device}_{gen}_over_peer"] = _ratio(_speed(b, label, gen), _speed(b, by_key[peer]["system"], gen))
+        row["peer"] = peer
+        rows.append(row)
+        over = " / ".join(_times(row[f"cpu_{g}_over_peer"]) for g in ("fairseq", "fast"))
+        own = " / ".join("1.00×" if _speed(bench, by_key[peer]["system"], g) else "–" for g in ("fairseq", "fast"))
+        lines += [_row_line(by_key[peer]) + f" {own} |", _row_line(row) + f" {over} |"]
+    if gpu:
+        lines += [""] + _GPU_HEAD
+        for row in rows:
+            lines += [f"| {r['system']} | {_speed_cells(r, 'gpu')} |" for r in (by_key[row["peer"]], row)]
+    lines += [
+        "",
+        "+ Ours: "
+        + "; ".join(f"{label} `{_model_text(config, key)}`" for key, label, _ in OURS_ROWS)
+        + "; each trained as the MDN row: MDN BPE, weight distillation from the same teacher (`mdn-init`), "
+        f"STUDENT_DATA={config.get('STUDENT_DATA', '?')}, no label smoothing, decoder dropout 0. "
+        "*speedup*: over Baseline · fairseq, as above; *× its peer*: over the peer row with the same "
+        "generator (median of the per-repeat ratios).",
+    ]
+    notes = [f"- {name}: {n}" for name, b in (("CPU", bench), ("GPU", gpu)) for n in (b or {}).get("notes") or []]
+    if notes:
+        lines += ["", "Benchmark notes (mdn-bench; a row without *fast* numbers was left to fairseq's generator):"]
+        lines += notes
+    return lines, rows
 
 
 STRATEGY_ROWS = (
@@ -260,15 +384,24 @@ def build_strategies(work: str, config: Dict[str, str], command: str = "") -> Tu
     lines = [f"# {config.get('TASK')}: training strategies (the paper's Table 3)", ""]
     if command:
         lines += [f"Made by `{command}`.", ""]
-    lines += ["| row | training | #params | updates | valid BLEU | test BLEU | test sacreBLEU |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "| row | training | #params | updates | valid BLEU | test BLEU | test sacreBLEU |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['row']} | {r['training']} | {r['params'] / 1e6:.2f}M | {r['updates']} | "
-                     f"{fmt(r['valid_bleu'])} | {fmt(r['test_bleu'])} | {fmt(r['test_sacrebleu'])} |")
-    lines += ["", "BLEU: averaged last 5 epoch checkpoints, beam 4, batch 64, lenpen 0.6, case-sensitive tokenised "
-              "(fairseq) and sacreBLEU (detokenised). The seq-KD student sees original + distilled pairs for half "
-              "the epochs (about the same number of updates)."]
+        lines.append(
+            f"| {r['row']} | {r['training']} | {r['params'] / 1e6:.2f}M | {r['updates']} | "
+            f"{fmt(r['valid_bleu'])} | {fmt(r['test_bleu'])} | {fmt(r['test_sacrebleu'])} |"
+        )
+    lines += [
+        "",
+        "BLEU: averaged last 5 epoch checkpoints, beam 4, batch 64, lenpen 0.6, case-sensitive tokenised "
+        "(fairseq) and sacreBLEU (detokenised). The seq-KD student sees original + distilled pairs for half "
+        "the epochs (about the same number of updates).",
+    ]
     if config.get("STUDENT_DATA"):
-        lines.append(f"The MDN row of results.md is trained as `STUDENT_DATA={config['STUDENT_DATA']}` "
-                     "(configs/" + str(config.get("TASK")) + ".sh).")
+        lines.append(
+            f"The MDN row of results.md is trained as `STUDENT_DATA={config['STUDENT_DATA']}` "
+            "(configs/" + str(config.get("TASK")) + ".sh)."
+        )
     return "\n".join(lines) + "\n", {"task": config.get("TASK"), "rows": rows, "command": command}

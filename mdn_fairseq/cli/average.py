@@ -20,8 +20,12 @@ PROG = "mdn-average"
 
 def body(argv):
     p = parser(PROG, __doc__)
-    p.add_argument("--inputs", nargs="+", required=True,
-                   help="a checkpoint folder (its last --last epoch checkpoints) or checkpoint files")
+    p.add_argument(
+        "--inputs",
+        nargs="+",
+        required=True,
+        help="a checkpoint folder (its last --last epoch checkpoints) or checkpoint files",
+    )
     p.add_argument("--last", type=int, default=5, help="with a folder: how many epoch checkpoints (default 5)")
     p.add_argument("--output", required=True, help="the averaged checkpoint to write")
     args = p.parse_args(argv)

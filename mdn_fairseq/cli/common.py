@@ -35,5 +35,6 @@ def parser(prog: str, doc: Optional[str]) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` whose description is the first paragraph of ``doc`` and whose epilog
     keeps the rest verbatim (usage examples)."""
     head, _, rest = (doc or "").strip().partition("\n\n")
-    return argparse.ArgumentParser(prog=prog, description=head, epilog=rest or None,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    return argparse.ArgumentParser(
+        prog=prog, description=head, epilog=rest or None, formatter_class=argparse.RawDescriptionHelpFormatter
+    )

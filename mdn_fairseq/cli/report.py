@@ -2,7 +2,7 @@
 
     mdn-report done CHECKPOINT --max-epoch N [--max-update M]     # exit 0 when that training is finished
     mdn-report score --generate GEN.txt --ref REF [--ref REF2 ...] --lang de --out scores.json
-    mdn-report table --work WORK --config configs/TASK.sh --out-md results.md --out-json results.json
+    mdn-report table --work WORK --config configs/TASK.sh --out-md results.md --out-json results.json [--peers]
     mdn-report strategies --work WORK --config configs/TASK.sh --out-md T.md --out-json T.json
 
 ``score`` prints the tokenised BLEU fairseq-generate printed and sacreBLEU with its signature
@@ -29,14 +29,18 @@ def get_parser():
     s.add_argument("--lang", required=True, help="target language (Moses detokeniser)")
     s.add_argument("--out", help="write the scores here (JSON)")
     s.add_argument("--detok-out", help="write the detokenised hypotheses here")
-    for name, what in (("table", "results.md/.json (Table 4) of a reproduce.sh work folder"),
-                       ("strategies", "training_strategies.md/.json (Table 3) of a training_strategies.sh work folder")):
+    for name, what in (
+        ("table", "results.md/.json (Table 4) of a reproduce.sh work folder"),
+        ("strategies", "training_strategies.md/.json (Table 3) of a training_strategies.sh work folder"),
+    ):
         t = sub.add_parser(name, help=what)
         t.add_argument("--work", required=True)
         t.add_argument("--config", required=True)
         t.add_argument("--out-md", required=True)
         t.add_argument("--out-json", required=True)
         t.add_argument("--command", default="", help="the command that made it (written into the markdown)")
+        if name == "table":
+            t.add_argument("--peers", action="store_true", help="with the peer rows and Table 7 (reproduce.sh --peers)")
     return p
 
 
@@ -51,11 +55,14 @@ def body(argv):
         del result["detokenised"]
         if args.out:
             write_json(args.out, result)
-        print(f"tokenised BLEU {report.fmt(result['tok_bleu'])}, sacreBLEU {result['sacrebleu']:.2f} "
-              f"({result['sacrebleu_signature']}), {result['sentences']} sentences")
+        print(
+            f"tokenised BLEU {report.fmt(result['tok_bleu'])}, sacreBLEU {result['sacrebleu']:.2f} "
+            f"({result['sacrebleu_signature']}), {result['sentences']} sentences"
+        )
         return 0
     build = report.build_table if args.cmd == "table" else report.build_strategies
-    md, result = build(args.work, report.read_config(args.config), args.command)
+    extra = {"peers": args.peers} if args.cmd == "table" else {}
+    md, result = build(args.work, report.read_config(args.config), args.command, **extra)
     write_json(args.out_json, result)
     write_text(args.out_md, md)
     print(md)

@@ -33,6 +33,21 @@ STUDENT_DATA=original
 STUDENT_MAX_EPOCH=8
 # sequence-level KD students see twice as many pairs: half the epochs, about the same updates
 SEQKD_MAX_EPOCH=4
+# the paper's peers (reproduce.sh --peers; KEY_ARCH and KEY_ARGS: architecture and model flags). Table 4: AAN,
+# SAN, CAN, trained as the baseline, at its shape (64 wide, 2+2 layers): san_tiny has 3 decoder layers, so 2
+# here, sharing in one block of 2 for each attention (the paper's SAN shares in blocks of 2-4 of its 6 layers)
+AAN_ARCH=aan_tiny
+AAN_ARGS=
+SAN_ARCH=san_tiny
+SAN_ARGS="--decoder-layers 2 --san-self-attn-blocks 2 --san-cross-attn-blocks 2"
+CAN_ARCH=can_tiny
+CAN_ARGS=
+# Table 7, "+ Ours": the tricks on the tiny peers at mdn_tiny's shape (4+1 layers, one 16-dim head, no decoder
+# FFN, rank-16 output; CAN's values as narrow as its head), trained as the MDN student
+AAN_MDN_ARCH=aan_tiny
+AAN_MDN_ARGS="--encoder-layers 4 --decoder-layers 1 --decoder-attention-heads 1 --decoder-attention-dim 16 --no-decoder-ffn --output-rank 16"
+CAN_MDN_ARCH=can_tiny
+CAN_MDN_ARGS="--encoder-layers 4 --decoder-layers 1 --decoder-attention-heads 1 --decoder-attention-dim 16 --can-value-dim 16 --output-rank 16"
 # --quick: every stage on a slice, a few updates
 QUICK_TRAIN_LINES=800
 QUICK_SRC_MERGES=300

@@ -28,6 +28,19 @@ MAX_EPOCH=30
 STUDENT_DATA=original+distilled
 STUDENT_MAX_EPOCH=15
 SEQKD_MAX_EPOCH=15
+# the paper's peers (reproduce.sh --peers; KEY_ARCH and KEY_ARGS: architecture and model flags). Table 4:
+# AAN, SAN (6+6, Transformer-base dims) and CAN (the CAN authors' 12+2, pre-norm), trained as the baseline
+AAN_ARCH=aan
+AAN_ARGS=
+SAN_ARCH=san
+SAN_ARGS=
+CAN_ARCH=can
+CAN_ARGS=
+# Table 7, "+ Ours": the tricks on AAN and CAN (22+1, one 64-dim head, rank 64), trained as the MDN student
+AAN_MDN_ARCH=aan_mdn
+AAN_MDN_ARGS=
+CAN_MDN_ARCH=can_mdn
+CAN_MDN_ARGS=
 QUICK_TRAIN_LINES=2000
 QUICK_SRC_MERGES=500
 QUICK_TGT_MERGES=300

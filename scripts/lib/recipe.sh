@@ -12,10 +12,11 @@ if [ ! -f "$CFG" ]; then
   known=$(cd "$REPO/mdn_fairseq/configs" && ls *.sh | sed 's/\.sh$//' | paste -sd ' ')
   die "unknown task '$TASK' (known: $known)"
 fi
-QUICK=0 DATA_ARG= WORK= RESULTS= WORLD=1 THREADS=$(nproc)
+QUICK=0 PEERS=0 DATA_ARG= WORK= RESULTS= WORLD=1 THREADS=$(nproc)
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1; shift ;;
+    --peers) PEERS=1; shift ;;
     --data) DATA_ARG=$2; shift 2 ;;
     --work) WORK=$2; shift 2 ;;
     --results) RESULTS=$2; shift 2 ;;
@@ -50,7 +51,7 @@ fi
 mkdir -p "$WORK" "$RESULTS"
 WORK=$(cd "$WORK" && pwd) RESULTS=$(cd "$RESULTS" && pwd)
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
-COMMAND="bash scripts/$SCRIPT $TASK"; [ $QUICK = 1 ] && COMMAND+=" --quick"
+COMMAND="bash scripts/$SCRIPT $TASK"; [ $QUICK = 1 ] && COMMAND+=" --quick"; [ $PEERS = 1 ] && COMMAND+=" --peers"
 START=$(date +%s)
 stage() { echo "== [$TASK $(( $(date +%s) - START ))s] $*"; }
 fresh() { [ -s "$1" ] && { [ -z "${2:-}" ] || [ ! "$2" -nt "$1" ]; }; }   # fresh OUT [INPUT]: OUT exists, not older
@@ -147,13 +148,56 @@ seqkd_data() {  # sequence-level KD data from the teacher: WORK/seqkd/bin (origi
   [ -s "$WORK/seqkd/bin/dict.$TGT.txt" ] || die "mdn-seqkd wrote no data (see above)"
 }
 
-wd_init() {  # the student initialised from the teacher (weight distillation): WORK/mdn_init.pt
-  fresh "$WORK/mdn_init.pt" "$TEACHER" && return 0
-  mdn-init --teacher "$TEACHER" --arch "$STUDENT_ARCH" --data "$D/mdn/bin" -s "$SRC" -t "$TGT" \
-    --out "$WORK/mdn_init.pt" --wd-head index --wd-head-index 0
+wd_init() {  # wd_init [OUT --arch ARCH FLAGS...]: a student initialised from the teacher (weight distillation);
+  local out=${1:-$WORK/mdn_init.pt}  # default: WORK/mdn_init.pt, --arch STUDENT_ARCH
+  [ $# -gt 0 ] && shift
+  [ $# -gt 0 ] || set -- --arch "$STUDENT_ARCH"
+  fresh "$out" "$TEACHER" && return 0
+  mdn-init --teacher "$TEACHER" "$@" --data "$D/mdn/bin" -s "$SRC" -t "$TGT" \
+    --out "$out" --wd-head index --wd-head-index 0
+}
+
+# The rows of the results table: KEY -> name (mdn-bench --name, the report's System column) and BPE setting.
+# --peers adds the paper's peers (Table 4: AAN, SAN, CAN, trained as the Baseline) and Table 7's "+ Ours" rows
+# (the MDN student's recipe on AAN and CAN); the config names their models: KEY_ARCH and KEY_ARGS (model flags),
+# e.g. AAN_ARCH=aan_tiny, SAN_ARGS="--decoder-layers 2 ...", AAN_MDN_ARCH, CAN_MDN_ARGS.
+declare -A ROW_NAME=([baseline]=Baseline [bpe10k]="+ BPE 10K" [mdn]=MDN [aan]=AAN [san]=SAN [can]=CAN
+                     [aan_mdn]="AAN + Ours" [can_mdn]="CAN + Ours")
+declare -A ROW_BPE=([baseline]=baseline [bpe10k]=mdn [mdn]=mdn [aan]=baseline [san]=baseline [can]=baseline
+                    [aan_mdn]=mdn [can_mdn]=mdn)
+PEER_KEYS=(aan san can) OURS_KEYS=(aan_mdn can_mdn)
+ROWS=(baseline bpe10k mdn); [ $PEERS = 1 ] && ROWS+=("${PEER_KEYS[@]}" "${OURS_KEYS[@]}")
+
+model_of() {  # model_of KEY: MODEL=(--arch ARCH FLAGS...) from the config's KEY_ARCH / KEY_ARGS
+  local var=${1^^}_ARCH args=${1^^}_ARGS
+  [ -n "${!var:-}" ] || die "$CFG: --peers needs $var (the architecture of the ${ROW_NAME[$1]} row) and" \
+    "optionally ${1^^}_ARGS (its model flags)"
+  # shellcheck disable=SC2206
+  MODEL=(--arch "${!var}" ${!args:-})
+}
+
+train_peer() {  # train_peer KEY: a peer trained exactly as the Baseline (baseline BPE, label smoothing 0.1)
+  model_of "$1"
+  train "$1" "$D/baseline/bin" "$MAX_EPOCH" "${MODEL[@]}" --criterion label_smoothed_cross_entropy \
+    --label-smoothing 0.1
+}
+
+train_ours() {  # train_ours KEY: "+ Ours", the MDN row's recipe (WD init, STUDENT_DATA, NLL, decoder dropout 0)
+  model_of "$1"
+  wd_init "$WORK/$1_init.pt" "${MODEL[@]}"
+  train "$1" "$STUDENT_BIN" "$STUDENT_MAX_EPOCH" "${MODEL[@]}" --criterion cross_entropy --decoder-dropout 0 \
+    --finetune-from-model "$WORK/$1_init.pt"
+}
+
+bench_covers() {  # bench_covers JSON NAME...: the mdn-bench output has rows of every named model
+  python -c 'import json, sys; rows = json.load(open(sys.argv[1]))["rows"]
+sys.exit(0 if set(sys.argv[2:]) <= {r["model"] for r in rows} else 1)' "$@"
 }
 
 case ${STUDENT_DATA:-} in
   original|original+distilled) ;;
   *) die "$CFG: STUDENT_DATA must be original or original+distilled, got '${STUDENT_DATA:-}'" ;;
 esac
+if [ $PEERS = 1 ]; then  # fail before any work when the config lacks a row's model
+  for key in "${PEER_KEYS[@]}" "${OURS_KEYS[@]}"; do model_of "$key"; done
+fi
