@@ -64,8 +64,9 @@ USER_DIR = str(REPO / "mdn_fairseq")
 def run_cli(cmd, cwd=None, stdin=None, env=None, ok=True, timeout=600):
     """Run a console script (``fairseq-train``, ``mdn-init`` ...); with ``ok`` assert it exits 0 and show
     the end of its output otherwise.  Returns the ``CompletedProcess`` (``.out``: stdout + stderr)."""
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, input=stdin, capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, input=stdin, capture_output=True, text=True, env=env, timeout=timeout
+    )
     proc.out = proc.stdout + proc.stderr
     if ok:
         assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.out[-4000:]}"
@@ -76,16 +77,48 @@ def binarise(work: Path, data: Path, sizes, *preprocess_flags, langs=("en", "de"
     """Multi30k slices (see :func:`write_slices`) -> ``work/bin`` with fairseq-preprocess."""
     write_slices(work, data, sizes, langs)
     prefs = [x for split in sizes for x in (f"--{split}pref", split)]
-    run_cli(["fairseq-preprocess", "--source-lang", langs[0], "--target-lang", langs[1], *prefs,
-             "--destdir", "bin", "--workers", "1", *preprocess_flags], work)
+    run_cli(
+        [
+            "fairseq-preprocess",
+            "--source-lang",
+            langs[0],
+            "--target-lang",
+            langs[1],
+            *prefs,
+            "--destdir",
+            "bin",
+            "--workers",
+            "1",
+            *preprocess_flags,
+        ],
+        work,
+    )
     return work / "bin"
 
 
 def train(work: Path, arch: str, save_dir: str, *flags):
     """``fairseq-train bin --user-dir mdn_fairseq --arch ARCH --save-dir SAVE_DIR`` with quiet, fast CPU
     defaults (adam, no workers, seed 1) and ``flags`` after them (later flags win).  Returns the output."""
-    return run_cli(["fairseq-train", "bin", "--user-dir", USER_DIR, "--arch", arch, "--save-dir", save_dir,
-                    "--optimizer", "adam", "--num-workers", "0", "--seed", "1", *flags], work).out
+    return run_cli(
+        [
+            "fairseq-train",
+            "bin",
+            "--user-dir",
+            USER_DIR,
+            "--arch",
+            arch,
+            "--save-dir",
+            save_dir,
+            "--optimizer",
+            "adam",
+            "--num-workers",
+            "0",
+            "--seed",
+            "1",
+            *flags,
+        ],
+        work,
+    ).out
 
 
 @pytest.fixture(scope="session")
@@ -95,6 +128,19 @@ def trained_tiny(tmp_path_factory, multi30k):
     session (the generation tests: fast_generator, ngram_blocking)."""
     work = tmp_path_factory.mktemp("trained_tiny")
     binarise(work, multi30k, {"train": ("train", 1000), "valid": ("val", 50), "test": ("test_2016_flickr", 60)})
-    train(work, "mdn_tiny", "ck", "--task", "translation_mdn", "--lr", "0.005", "--max-tokens", "4000",
-          "--max-update", "60", "--no-epoch-checkpoints", "--disable-validation")
+    train(
+        work,
+        "mdn_tiny",
+        "ck",
+        "--task",
+        "translation_mdn",
+        "--lr",
+        "0.005",
+        "--max-tokens",
+        "4000",
+        "--max-update",
+        "60",
+        "--no-epoch-checkpoints",
+        "--disable-validation",
+    )
     return work
