@@ -12,7 +12,7 @@ and the decoder layer wraps h̃ in dropout, residual and layer norm like its oth
 Incremental decoding keeps, per layer, the running sum Σ y_k and the step count: O(1) per step.
 """
 
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from fairseq import utils
@@ -20,20 +20,12 @@ from fairseq.incremental_decoding_utils import with_incremental_state
 from fairseq.modules import FairseqDropout
 from torch import Tensor, nn
 
+from .incremental_buffer import BatchFirstBuffer, State, xavier_linear
 from .mdn_decoder_layer import MDNDecoderLayer
-
-State = Dict[str, Dict[str, Optional[Tensor]]]
-
-
-def _linear(in_features: int, out_features: int) -> nn.Linear:
-    layer = nn.Linear(in_features, out_features)
-    nn.init.xavier_uniform_(layer.weight)
-    nn.init.constant_(layer.bias, 0.0)
-    return layer
 
 
 @with_incremental_state
-class AverageAttention(nn.Module):
+class AverageAttention(BatchFirstBuffer, nn.Module):
     """The AAN block: cumulative average, optional FFN, optional gating (see the module docstring).
 
     Args:
@@ -48,6 +40,9 @@ class AverageAttention(nn.Module):
     right, so a real position never averages over padding).
     """
 
+    buffer_key = "avg_state"
+    batch_keys = ("prev_sum",)
+
     num_heads = 1  # read by fairseq's layer constructor; the average has no heads
 
     def __init__(
@@ -60,11 +55,11 @@ class AverageAttention(nn.Module):
     ):
         super().__init__()
         self.embed_dim = self.head_dim = embed_dim
-        self.fc1 = _linear(embed_dim, ffn_dim) if ffn_dim else None
-        self.fc2 = _linear(ffn_dim, embed_dim) if ffn_dim else None
+        self.fc1 = xavier_linear(embed_dim, ffn_dim) if ffn_dim else None
+        self.fc2 = xavier_linear(ffn_dim, embed_dim) if ffn_dim else None
         self.activation_fn = utils.get_activation_fn(activation_fn)
         self.activation_dropout_module = FairseqDropout(activation_dropout, module_name=type(self).__name__)
-        self.gate = _linear(2 * embed_dim, 2 * embed_dim) if gating else None
+        self.gate = xavier_linear(2 * embed_dim, 2 * embed_dim) if gating else None
 
     def cumulative_average(self, x: Tensor, incremental_state: Optional[State] = None) -> Tensor:
         """ā for ``x`` (T × B × d): ``cumsum / (1..T)``; with ``incremental_state``, the T new positions
@@ -104,20 +99,6 @@ class AverageAttention(nn.Module):
             return g, None
         i, f = self.gate(torch.cat([query, g], dim=-1)).chunk(2, dim=-1)
         return torch.sigmoid(i) * query + torch.sigmoid(f) * g, None
-
-    def reorder_incremental_state(self, incremental_state: State, new_order: Tensor):
-        """Beam search reordering: only the running sum has a batch dimension (the step count is shared)."""
-        saved = self._get_input_buffer(incremental_state)
-        if "prev_sum" in saved:
-            saved["prev_sum"] = saved["prev_sum"].index_select(0, new_order)
-            self._set_input_buffer(incremental_state, saved)
-        return incremental_state
-
-    def _get_input_buffer(self, incremental_state: Optional[State]) -> Dict[str, Optional[Tensor]]:
-        return self.get_incremental_state(incremental_state, "avg_state") or {}
-
-    def _set_input_buffer(self, incremental_state: Optional[State], buffer: Dict[str, Optional[Tensor]]):
-        return self.set_incremental_state(incremental_state, "avg_state", buffer)
 
     def extra_repr(self):
         ffn = self.fc1.out_features if self.fc1 is not None else 0

@@ -14,7 +14,7 @@ and the layer wraps ``out`` in one dropout, residual and layer norm (pre- or pos
 Incremental decoding projects the encoder keys/values once and appends one decoder key/value per step.
 """
 
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from fairseq import utils
@@ -24,26 +24,20 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import MDNError
+from .incremental_buffer import BatchFirstBuffer, State, xavier_linear
 from .mdn_decoder_layer import decoder_attention_dim
-
-State = Dict[str, Dict[str, Optional[Tensor]]]
-
-
-def _linear(in_features: int, out_features: int) -> nn.Linear:
-    layer = nn.Linear(in_features, out_features)
-    nn.init.xavier_uniform_(layer.weight)
-    nn.init.constant_(layer.bias, 0.0)
-    return layer
 
 
 @with_incremental_state
-class CompressedAttention(nn.Module):
+class CompressedAttention(BatchFirstBuffer, nn.Module):
     """The CAN sub-layer (see the module docstring); parameters ``q_proj``, ``k_proj``/``v_proj``
     (decoder side), ``enc_k_proj``/``enc_v_proj`` (encoder side), ``r_proj`` (W_r) and ``out_proj`` (W_o).
 
     Raises:
         MDNError: ``attention_dim`` or ``value_dim`` not a positive multiple of ``num_heads``.
     """
+
+    buffer_key = "can_state"
 
     def __init__(
         self,
@@ -64,13 +58,13 @@ class CompressedAttention(nn.Module):
             value_dim // num_heads,
         )
         self.scaling = self.head_dim**-0.5
-        self.q_proj = _linear(embed_dim, attention_dim)
-        self.k_proj = _linear(embed_dim, attention_dim)
-        self.v_proj = _linear(embed_dim, value_dim)
-        self.enc_k_proj = _linear(encoder_dim, attention_dim)
-        self.enc_v_proj = _linear(encoder_dim, value_dim)
-        self.r_proj = _linear(embed_dim, value_dim)
-        self.out_proj = _linear(value_dim, embed_dim)
+        self.q_proj = xavier_linear(embed_dim, attention_dim)
+        self.k_proj = xavier_linear(embed_dim, attention_dim)
+        self.v_proj = xavier_linear(embed_dim, value_dim)
+        self.enc_k_proj = xavier_linear(encoder_dim, attention_dim)
+        self.enc_v_proj = xavier_linear(encoder_dim, value_dim)
+        self.r_proj = xavier_linear(embed_dim, value_dim)
+        self.out_proj = xavier_linear(value_dim, embed_dim)
         self.dropout_module = FairseqDropout(attention_dropout, module_name=type(self).__name__)
 
     def _heads(self, x: Tensor, head_dim: int) -> Tensor:
@@ -153,21 +147,6 @@ class CompressedAttention(nn.Module):
             return out, None
         source_weights = weights[..., :src_len].transpose(0, 1)  # H × B × T × S
         return out, source_weights if need_head_weights else source_weights.mean(dim=0)
-
-    def reorder_incremental_state(self, incremental_state: State, new_order: Tensor):
-        """Beam search reordering of every cached tensor (all have the batch first)."""
-        saved = self._get_input_buffer(incremental_state)
-        if saved:
-            for key, value in saved.items():
-                saved[key] = value.index_select(0, new_order)
-            self._set_input_buffer(incremental_state, saved)
-        return incremental_state
-
-    def _get_input_buffer(self, incremental_state: Optional[State]) -> Dict[str, Optional[Tensor]]:
-        return self.get_incremental_state(incremental_state, "can_state") or {}
-
-    def _set_input_buffer(self, incremental_state: Optional[State], buffer: Dict[str, Optional[Tensor]]):
-        return self.set_incremental_state(incremental_state, "can_state", buffer)
 
 
 class CANDecoderLayer(nn.Module):

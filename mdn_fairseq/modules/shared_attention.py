@@ -8,7 +8,7 @@ output (they have no cross-attention of their own). The weights are handed from 
 decoder's layer loop (:class:`mdn_fairseq.models.san.SANDecoder`), never kept on a module.
 """
 
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from fairseq.incremental_decoding_utils import with_incremental_state
@@ -16,9 +16,8 @@ from fairseq.modules import FairseqDropout
 from torch import Tensor, nn
 
 from ..errors import MDNError
+from .incremental_buffer import BatchFirstBuffer, State
 from .mdn_decoder_layer import MDNDecoderLayer, decoder_attention_dim
-
-State = Dict[str, Dict[str, Optional[Tensor]]]
 
 OWN, FIRST, SHARED = "own", "first", "shared"  # a layer's role in its block: alone, computes, reuses
 
@@ -29,12 +28,15 @@ def block_roles(blocks: Sequence[int]) -> List[str]:
 
 
 @with_incremental_state
-class SharedWeightsAttention(nn.Module):
+class SharedWeightsAttention(BatchFirstBuffer, nn.Module):
     """Self-attention of a later layer of a SAN block: the block's weights applied to this layer's values.
 
     Parameters ``v_proj`` (model -> attention width) and ``out_proj`` (back), named as in fairseq's
     :class:`MultiheadAttention`; incremental decoding caches only the values.
     """
+
+    buffer_key = "attn_state"
+    batch_keys = ("prev_value",)
 
     self_attention = True
 
@@ -62,20 +64,6 @@ class SharedWeightsAttention(nn.Module):
         probs = weights.transpose(0, 1).reshape(bsz * self.num_heads, tgt_len, -1).type_as(v)
         out = torch.bmm(self.dropout_module(probs), v)
         return self.out_proj(out.transpose(0, 1).reshape(tgt_len, bsz, self.embed_dim))
-
-    def reorder_incremental_state(self, incremental_state: State, new_order: Tensor):
-        """Beam search reordering of the cached values."""
-        saved = self._get_input_buffer(incremental_state)
-        if "prev_value" in saved:
-            saved["prev_value"] = saved["prev_value"].index_select(0, new_order)
-            self._set_input_buffer(incremental_state, saved)
-        return incremental_state
-
-    def _get_input_buffer(self, incremental_state: Optional[State]) -> Dict[str, Optional[Tensor]]:
-        return self.get_incremental_state(incremental_state, "attn_state") or {}
-
-    def _set_input_buffer(self, incremental_state: Optional[State], buffer: Dict[str, Optional[Tensor]]):
-        return self.set_incremental_state(incremental_state, "attn_state", buffer)
 
 
 class SANDecoderLayer(MDNDecoderLayer):
