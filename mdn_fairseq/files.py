@@ -8,6 +8,7 @@ otherwise).  No torch import: :func:`save_torch` imports it when called.
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from typing import Iterable, Iterator
@@ -36,6 +37,22 @@ def atomic_write(path, mode: str = "w", encoding: str = "utf-8") -> Iterator:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextmanager
+def atomic_folder(path) -> Iterator[str]:
+    """A fresh folder ``path.tmp`` to fill (its path is yielded); on a clean exit it replaces ``path`` (an
+    old ``path`` is removed first), on an exception it is deleted and ``path`` is left as it was."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
 
 
 def _default_mode() -> int:

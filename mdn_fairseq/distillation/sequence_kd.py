@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from ..errors import DistillationError
-from ..files import write_lines
+from ..files import atomic_folder, write_lines
 
 Log = Callable[[str], None]
 
@@ -131,19 +131,16 @@ def binarise(prefix: str, data: str, subset: str, src: str, tgt: str, bin_dir: s
     """``fairseq-preprocess`` ``prefix.{src,tgt}`` as ``subset`` with ``data``'s dictionaries into ``bin_dir``
     (replaced whole, only once complete), with ``data``'s other binarised splits copied.  Raises
     :class:`DistillationError` with fairseq-preprocess's message when it fails."""
-    tmp = bin_dir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    cmd = ["fairseq-preprocess", "--source-lang", src, "--target-lang", tgt, f"--{subset}pref", prefix,
-           "--srcdict", os.path.join(data, f"dict.{src}.txt"), "--tgtdict", os.path.join(data, f"dict.{tgt}.txt"),
-           "--destdir", tmp, "--workers", "1"]  # fmt: skip
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise DistillationError(f"fairseq-preprocess failed on {prefix}.{{{src},{tgt}}}:\n{proc.stderr[-2000:]}")
-    for f in os.listdir(data):
-        if not f.startswith(f"{subset}.") and f.endswith((".bin", ".idx")):
-            shutil.copy(os.path.join(data, f), tmp)
-    shutil.rmtree(bin_dir, ignore_errors=True)
-    os.replace(tmp, bin_dir)
+    with atomic_folder(bin_dir) as tmp:
+        cmd = ["fairseq-preprocess", "--source-lang", src, "--target-lang", tgt, f"--{subset}pref", prefix,
+               "--srcdict", os.path.join(data, f"dict.{src}.txt"), "--tgtdict", os.path.join(data, f"dict.{tgt}.txt"),
+               "--destdir", tmp, "--workers", "1"]  # fmt: skip
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise DistillationError(f"fairseq-preprocess failed on {prefix}.{{{src},{tgt}}}:\n{proc.stderr[-2000:]}")
+        for f in os.listdir(data):
+            if not f.startswith(f"{subset}.") and f.endswith((".bin", ".idx")):
+                shutil.copy(os.path.join(data, f), tmp)
 
 
 def distil_corpus(teacher: str, data: str, out: str, opts: SeqKDOptions, log: Log = print) -> Tuple[int, str, str]:

@@ -1,25 +1,9 @@
 """The outputs of one preparation stage, made visible together when the stage succeeds."""
 
-import os
-import shutil
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
-from ..files import atomic_write
-
-
-@contextmanager
-def _staged_directory(path: Path):
-    """A fresh ``path.tmp`` folder that replaces ``path`` on a clean exit and is deleted on an exception."""
-    tmp = Path(f"{path}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+from ..files import atomic_folder, atomic_write
 
 
 class StagedFiles:
@@ -44,4 +28,4 @@ class StagedFiles:
 
     def directory(self, path) -> Path:
         """A fresh empty-or-absent folder ``path.tmp`` to fill; it becomes ``path`` on success."""
-        return self._stack.enter_context(_staged_directory(Path(path)))
+        return Path(self._stack.enter_context(atomic_folder(path)))
