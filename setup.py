@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="mdn-fairseq",
-    version="0.1.0",
+    version="0.2.0",
     description="Mini-Decoder Network (Lin et al. 2021, 'Bag of Tricks for Optimizing Transformer "
     "Efficiency') as a fairseq --user-dir plugin",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),

@@ -6,7 +6,7 @@ Where fairseq (or torch) cannot be imported, registration is skipped and the par
 (:mod:`.prepare`, :mod:`.files`, :mod:`.errors`) still work.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def _fairseq_importable() -> bool:
@@ -22,7 +22,9 @@ def _fairseq_importable() -> bool:
 
 
 if _fairseq_importable():
-    from . import checkpoint
+    from . import checkpoint, errors
+
+    errors.install_excepthook()
 
     checkpoint.install()
 

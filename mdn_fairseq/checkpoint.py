@@ -84,6 +84,11 @@ class UnsafeCheckpointError(pickle.UnpicklingError, MDNError):
 
 
 def _refusal(source, what: str) -> UnsafeCheckpointError:
+    if not re.fullmatch(r"[\w.]+(, [\w.]+)*", what):  # not a pickled global: not a torch checkpoint at all
+        return UnsafeCheckpointError(
+            f"cannot load checkpoint {source}: it is not a torch checkpoint (torch.load says: {what}); pass a "
+            "checkpoint written by fairseq-train, mdn-init or mdn-average"
+        )
     return UnsafeCheckpointError(
         f"refused to load checkpoint {source}: it holds a pickled object ({what}) that fairseq "
         "checkpoints do not hold, and torch.load(weights_only=True) only unpickles tensors, plain "
@@ -94,8 +99,14 @@ def _refusal(source, what: str) -> UnsafeCheckpointError:
 
 
 def _culprit(err: Exception) -> str:
-    found = re.search(r"GLOBAL ([\w.]+)", str(err))
-    return found.group(1) if found else str(err).splitlines()[0]
+    """The pickled global torch refused (``a.b.C``), else torch's own reason (e.g. ``Unsupported operand 65``
+    for a file that is no pickle at all)."""
+    text = str(err)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return found.group(1)
+    reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    return reason.group(1).strip() if reason else text.splitlines()[0]
 
 
 def safe_globals():

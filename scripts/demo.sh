@@ -21,7 +21,7 @@ while [ $# -gt 0 ]; do
     --data) DATA=$2; shift 2 ;;
     --work) WORK=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown argument '$1' (expected --data DIR, --work DIR or --quick)" >&2; exit 2 ;;
   esac
 done
@@ -87,7 +87,7 @@ mdn-prepare --config config.sh --work data --data input --workers "$THREADS" | s
 
 stage "train mdn_tiny (fairseq-train; log: $WORK/train.log)"
 stop=(--max-epoch "$MAX_EPOCH"); [ "$MAX_UPDATE" -gt 0 ] && stop+=(--max-update "$MAX_UPDATE")
-fairseq-train data/mdn/bin --user-dir "$REPO/mdn_fairseq" --arch mdn_tiny --task translation \
+fairseq-train data/mdn/bin --user-dir "$REPO/mdn_fairseq" --arch mdn_tiny --task translation_mdn \
   --optimizer adam --adam-betas '(0.9, 0.98)' --lr 0.002 --lr-scheduler inverse_sqrt --warmup-updates 400 \
   --criterion cross_entropy --dropout 0.1 --decoder-dropout 0 --max-tokens 4096 "${stop[@]}" \
   --save-dir mdn_tiny --no-epoch-checkpoints --seed 1 --num-workers 0 \
@@ -95,8 +95,8 @@ fairseq-train data/mdn/bin --user-dir "$REPO/mdn_fairseq" --arch mdn_tiny --task
 [ -s mdn_tiny/checkpoint_last.pt ] || { echo "demo.sh: training wrote no checkpoint (see $WORK/train.log)" >&2; exit 1; }
 
 stage "translate test_2016_flickr (fairseq-generate, beam 4)"
-fairseq-generate data/mdn/bin --user-dir "$REPO/mdn_fairseq" --path mdn_tiny/checkpoint_last.pt --gen-subset test \
-  --beam 4 --batch-size 64 --required-batch-size-multiple 1 --remove-bpe > generate.log 2> generate.err
+fairseq-generate data/mdn/bin --user-dir "$REPO/mdn_fairseq" --task translation_mdn --path mdn_tiny/checkpoint_last.pt \
+  --gen-subset test --beam 4 --batch-size 64 --remove-bpe > generate.log 2> generate.err
 tail -n 1 generate.log
 
 stage "export the model with its tokenisation (mdn-export -> $WORK/model)"

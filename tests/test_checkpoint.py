@@ -124,3 +124,10 @@ def test_ema_loader_uses_the_allow_list(tmp_path):
     assert all(torch.equal(state["model"][k], v) for k, v in model.state_dict().items())
     with pytest.raises(UnsafeCheckpointError, match="Foreign"):
         checkpoint_utils.load_ema_from_checkpoint(str(evil))
+
+
+def test_a_file_that_is_no_checkpoint_is_named_so(tmp_path):
+    text = tmp_path / "train.en"
+    text.write_text("A man in an orange hat .\n", encoding="utf-8")
+    with pytest.raises(UnsafeCheckpointError, match=r"it is not a torch checkpoint \(torch.load says: Unsupported"):
+        load_checkpoint(str(text))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import build_model, random_batch
+from conftest import USER_DIR, build_model, random_batch, run_cli
 from mdn_fairseq.errors import ArchitectureError
 from mdn_fairseq.modules import LowRankLinear, NarrowMultiheadAttention
 
@@ -203,3 +203,16 @@ def test_upgrade_by_name_under_a_prefix_and_current_state_dicts_untouched():
 def test_tricks_off_model_has_no_mdn_version():
     """Without a low-rank output layer the state dict is fairseq's Transformer's, key for key."""
     assert not any("output_projection.version" in k for k in build_model("mdn_transformer_tiny").state_dict())
+
+
+def test_fairseq_train_reports_a_bad_flag_in_one_line(tmp_path):
+    """fairseq builds the model outside the plugin's CLIs: an impossible combination still ends in one line
+    naming the flag (the plugin's excepthook), not a traceback; the exit status is 1."""
+    for lang in ("en", "de"):
+        (tmp_path / f"dict.{lang}.txt").write_text("".join(f"w{i} 1\n" for i in range(20)), encoding="utf-8")
+    cmd = ["fairseq-train", str(tmp_path), "--user-dir", USER_DIR, "--arch", "san_tiny", "-s", "en", "-t", "de",
+           "--san-self-attn-blocks", "1,1", "--cpu", "--optimizer", "adam", "--max-tokens", "500", "--save-dir", str(tmp_path / "ck")]  # fmt: skip
+    proc = run_cli(cmd, tmp_path, ok=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.out[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("fairseq-train: ArchitectureError: --san-self-attn-blocks 1,1"), last

@@ -156,11 +156,18 @@ def _add_output_args(p: argparse.ArgumentParser):
     out.add_argument("--out-png", help="--sweep: plot (default: like --out-csv)")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless it is None or its help already says what the default is."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def get_parser(prog: str = "mdn-bench") -> argparse.ArgumentParser:
     """The argument parser of ``mdn-bench`` (unchecked; :func:`parse_args` checks)."""
-    p = argparse.ArgumentParser(
-        prog=prog, description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, formatter_class=_DefaultsFormatter)
     _add_model_args(p)
     _add_setting_args(p)
     _add_output_args(p)

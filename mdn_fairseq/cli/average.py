@@ -33,6 +33,8 @@ def body(argv):
         raise CLIError(f"--last {args.last}: must be >= 1")
     if len(args.inputs) == 1 and os.path.isdir(args.inputs[0]):
         paths = last_epoch_checkpoints(args.inputs[0], args.last)
+        if len(paths) < args.last:
+            print(f"{PROG}: warning: --last {args.last} but {args.inputs[0]} has {len(paths)} epoch checkpoint(s)")
     else:
         paths = args.inputs
     save_atomically(average_checkpoints(paths), args.output)
