@@ -84,11 +84,6 @@ class UnsafeCheckpointError(pickle.UnpicklingError, MDNError):
 
 
 def _refusal(source, what: str) -> UnsafeCheckpointError:
-    if not re.fullmatch(r"[\w.]+(, [\w.]+)*", what):  # not a pickled global: not a torch checkpoint at all
-        return UnsafeCheckpointError(
-            f"cannot load checkpoint {source}: it is not a torch checkpoint (torch.load says: {what}); pass a "
-            "checkpoint written by fairseq-train, mdn-init or mdn-average"
-        )
     return UnsafeCheckpointError(
         f"refused to load checkpoint {source}: it holds a pickled object ({what}) that fairseq "
         "checkpoints do not hold, and torch.load(weights_only=True) only unpickles tensors, plain "
@@ -98,15 +93,19 @@ def _refusal(source, what: str) -> UnsafeCheckpointError:
     )
 
 
-def _culprit(err: Exception) -> str:
-    """The pickled global torch refused (``a.b.C``), else torch's own reason (e.g. ``Unsupported operand 65``
-    for a file that is no pickle at all)."""
+def _load_error(source, err: Exception) -> UnsafeCheckpointError:
+    """The error for ``torch.load(weights_only=True)``'s ``err``: a refused pickled global, or a file that is
+    no torch checkpoint at all (e.g. text: ``Unsupported operand 65``)."""
     text = str(err)
     found = re.search(r"GLOBAL ([\w.]+)", text)
     if found:
-        return found.group(1)
+        return _refusal(source, found.group(1))
     reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    return reason.group(1).strip() if reason else text.splitlines()[0]
+    return UnsafeCheckpointError(
+        f"cannot load checkpoint {source}: it is not a torch checkpoint (torch.load says: "
+        f"{reason.group(1).strip() if reason else text.splitlines()[0]}); pass a checkpoint written by "
+        "fairseq-train, mdn-init or mdn-average"
+    )
 
 
 def safe_globals():
@@ -124,7 +123,7 @@ def load_checkpoint(path, map_location="cpu"):
         try:
             return torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as err:
-            raise _refusal(path, _culprit(err)) from err
+            raise _load_error(path, err) from err
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,7 +140,7 @@ def _guard_file_load(original):
             except UnsafeCheckpointError:
                 raise
             except pickle.UnpicklingError as err:
-                raise _refusal(path, _culprit(err)) from err
+                raise _load_error(path, err) from err
 
     return load
 
@@ -174,7 +173,7 @@ def _guard_broadcast(original):
             try:
                 obj = original(None, src_rank, group, dist_device)
             except pickle.UnpicklingError as err:
-                raise _refusal(f"state broadcast by rank {src_rank}", _culprit(err)) from err
+                raise _load_error(f"state broadcast by rank {src_rank}", err) from err
         if isinstance(obj, dict) and list(obj) == [_REFUSED]:
             raise UnsafeCheckpointError(obj[_REFUSED])
         return obj

@@ -293,6 +293,7 @@ class FastSequenceGenerator(nn.Module):
         beams = Beams.start(bsz, beam, max_len, state.src_len, start, self.pad, src_tokens.device)
         finalized: List[List[Dict[str, Tensor]]] = [[] for _ in range(bsz)]
         bbsz_offsets = (torch.arange(bsz, device=src_tokens.device) * beam).unsqueeze(1)
+        cand_offsets = torch.arange(2 * beam, device=src_tokens.device)  # candidates per sentence, at most
         for step in range(max_len + 1):
             logits, attn = steps.step(beams.tokens[:, : step + 1], step, state)
             beams.record(step, attn)
@@ -318,8 +319,8 @@ class FastSequenceGenerator(nn.Module):
                 bbsz_offsets = bbsz_offsets[: len(keep)]
                 steps.drop_sentences(state, batch_idxs)
             # the first `beam` candidates that do not end in EOS continue (fairseq's active_mask)
-            cand_offsets = torch.arange(eos_mask.size(1), device=eos_mask.device)
-            _, active_hypos = torch.topk(eos_mask.long() * eos_mask.size(1) + cand_offsets, k=beam, largest=False)
+            n_cand = eos_mask.size(1)
+            _, active_hypos = torch.topk(eos_mask.long() * n_cand + cand_offsets[:n_cand], k=beam, largest=False)
             active_bbsz_idx = cand_bbsz_idx.gather(1, active_hypos).view(-1)  # rows before removal
             n_old = beams.tokens.size(0)
             next_tokens, next_scores = cand_indices.gather(1, active_hypos), cand_scores.gather(1, active_hypos)
