@@ -194,7 +194,9 @@ BROADCAST = textwrap.dedent(
         utils.broadcast_object(state, src_rank=0, group=dist.group.WORLD)
     except UnsafeCheckpointError as err:
         report["refused"] = str(err)
-    print("REPORT", json.dumps(report))
+    print("REPORT", json.dumps(report), flush=True)
+    dist.barrier()  # both ranks are done with the group before either tears it down (gloo aborts otherwise)
+    dist.destroy_process_group()
     """
 )
 
