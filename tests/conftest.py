@@ -128,19 +128,12 @@ def trained_tiny(tmp_path_factory, multi30k):
     session (the generation tests: fast_generator, ngram_blocking)."""
     work = tmp_path_factory.mktemp("trained_tiny")
     binarise(work, multi30k, {"train": ("train", 1000), "valid": ("val", 50), "test": ("test_2016_flickr", 60)})
-    train(
-        work,
-        "mdn_tiny",
-        "ck",
-        "--task",
-        "translation_mdn",
-        "--lr",
-        "0.005",
-        "--max-tokens",
-        "4000",
-        "--max-update",
-        "60",
-        "--no-epoch-checkpoints",
-        "--disable-validation",
-    )
+    train_tiny(work)
     return work
+
+
+def train_tiny(work: Path, *flags):
+    """``mdn_tiny`` trained 60 updates with ``--task translation_mdn`` on ``work/bin`` into ``work/ck``
+    (``flags`` come first, e.g. ``--dataset-impl raw``)."""
+    train(work, "mdn_tiny", "ck", "--task", "translation_mdn", *flags, "--lr", "0.005", "--max-tokens", "4000",
+          "--max-update", "60", "--no-epoch-checkpoints", "--disable-validation")  # fmt: skip

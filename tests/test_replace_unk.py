@@ -9,7 +9,7 @@ from fairseq.data import Dictionary
 from fairseq.dataclass.configs import GenerationConfig
 from omegaconf import OmegaConf
 
-from conftest import USER_DIR, binarise, run_cli, train
+from conftest import USER_DIR, binarise, run_cli, train_tiny
 from mdn_fairseq import fairseq_fixes
 from mdn_fairseq.fairseq_fixes import ReplaceUnkError, generation_args, install, replace_unk_tokens
 
@@ -126,23 +126,7 @@ def unk_model(tmp_path_factory, multi30k):
     work = tmp_path_factory.mktemp("replace_unk")
     sizes = {"train": ("train", 1000), "valid": ("val", 50), "test": ("test_2016_flickr", 30)}
     binarise(work, multi30k, sizes, "--dataset-impl", "raw", "--thresholdtgt", "3")
-    train(
-        work,
-        "mdn_tiny",
-        "ck",
-        "--task",
-        "translation_mdn",
-        "--dataset-impl",
-        "raw",
-        "--lr",
-        "0.005",
-        "--max-tokens",
-        "4000",
-        "--max-update",
-        "60",
-        "--no-epoch-checkpoints",
-        "--disable-validation",
-    )
+    train_tiny(work, "--dataset-impl", "raw")
     return work
 
 
