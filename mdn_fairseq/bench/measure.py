@@ -15,6 +15,7 @@ import re
 import statistics
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -25,8 +26,13 @@ from ..errors import MDNError
 from ..fast_generator import FastSequenceGenerator
 from .models import Model
 
-# --generator NAME -> the class, built as SequenceGenerator([model], tgt_dict, beam_size=..., <lengths>)
-GENERATORS: Dict[str, Callable[..., nn.Module]] = {"fairseq": SequenceGenerator, "fast": FastSequenceGenerator}
+# --generator NAME -> the class, built as SequenceGenerator([model], tgt_dict, beam_size=..., <lengths>);
+# fast_torch: the lean search with torch's own F.linear (MKL on x86) instead of oneDNN (fast_generator.linear)
+GENERATORS: Dict[str, Callable[..., nn.Module]] = {
+    "fairseq": SequenceGenerator,
+    "fast": FastSequenceGenerator,
+    "fast_torch": partial(FastSequenceGenerator, linear_backend="torch"),
+}
 
 
 @dataclass

@@ -74,7 +74,8 @@ def _add_setting_args(p: argparse.ArgumentParser):
     run.add_argument(
         "--generator",
         default="fairseq,fast",
-        help="generators to run each model with: fairseq (SequenceGenerator), fast (FastSequenceGenerator)",
+        help="generators to run each model with: fairseq (SequenceGenerator), fast (FastSequenceGenerator, "
+        "float32 linear layers on oneDNN), fast_torch (FastSequenceGenerator on torch's own F.linear: MKL on x86)",
     )
     run.add_argument(
         "--int8",

@@ -3,7 +3,10 @@
 The peak of a precision is measured in the same run, with the same threads: the best rate of a large
 square matrix product (``--peak-size``, 2048 by default) over a few calls -- fp32 and bf16/fp16 with
 ``torch.matmul``, int8 with torch's dynamic-quantized linear (fbgemm on x86, the kernel of the
-``--int8`` rows; ``torch._int_mm`` is no faster than fp32 on CPU).  A row's *limit* is the time its
+``--int8`` rows; ``torch._int_mm`` is no faster than fp32 on CPU).  In fp32 on CPU also with oneDNN's
+linear (the lean search's, :mod:`mdn_fairseq.fast_generator.linear`), and the peak is the faster of the
+two: on AMD CPUs ``torch.matmul`` (MKL) reaches well under half of what oneDNN does, and a limit taken
+from it alone would not be the machine's.  A row's *limit* is the time its
 FLOPs take at that peak; the *gap* is its measured time minus the limit.  With ``--profile`` the gap
 is split into the matrix products running below peak (per group: profiled time minus the group's
 limit) and the overhead outside them (the profile's ``other``: beam search, softmax, norms, Python),
@@ -18,6 +21,7 @@ from typing import Dict, Iterable, List, Optional
 import torch
 from torch import nn
 
+from ..fast_generator.linear import linear, onednn_unavailable_reason
 from .flops import GROUPS, count_flops
 from .measure import Row, sync
 
@@ -39,15 +43,32 @@ def measure_peak(precision: str, device: str, size: int = 2048, calls: int = 5) 
     """The best rate (GFLOP/s, 2 FLOPs per multiply-add) of ``calls`` ``size``×``size``×``size``
     products in ``precision`` (``fp32``, ``bf16``, ``fp16``, ``int8``) on ``device``, after one warm-up
     call; uses the current ``torch.get_num_threads()``.  None where the precision has no product to time
-    there (int8 on CUDA).  Returns ``{"precision", "gflop_per_s", "size", "method"}``."""
+    there (int8 on CUDA).  fp32 on CPU: the faster of ``torch.matmul`` and oneDNN's linear.  Returns
+    ``{"precision", "gflop_per_s", "size", "method", "by_method": {method: GFLOP/s}}``."""
+    products = {}
     if precision == "int8":
         if device != "cpu":
             return None
-        product, method = _int8_product(size), "torch dynamic-quantized linear (int8 weights and activations)"
+        products["torch dynamic-quantized linear (int8 weights and activations)"] = _int8_product(size)
     else:
         a = torch.randn(size, size, device=device).to(DTYPES[precision])
         b = torch.randn(size, size, device=device).to(DTYPES[precision])
-        product, method = (lambda: torch.matmul(a, b)), f"torch.matmul, {precision}"
+        products[f"torch.matmul, {precision}"] = lambda: torch.matmul(a, b)
+        if precision == "fp32" and device == "cpu" and onednn_unavailable_reason() is None:
+            products["oneDNN linear, fp32"] = lambda: linear(a, b)
+    rates = {method: _best_rate(product, device, size, calls) for method, product in products.items()}
+    method = max(rates, key=rates.get)
+    return {
+        "precision": precision,
+        "gflop_per_s": rates[method],
+        "size": size,
+        "method": f"{method}, {size}^3, best of {calls}",
+        "by_method": rates,
+    }
+
+
+def _best_rate(product, device: str, size: int, calls: int) -> float:
+    """GFLOP/s of the fastest of ``calls`` runs of ``product`` (a ``size``^3 product), after a warm-up."""
     with torch.no_grad():
         product()
         seconds = []
@@ -57,8 +78,7 @@ def measure_peak(precision: str, device: str, size: int = 2048, calls: int = 5) 
             product()
             sync(device)
             seconds.append(time.perf_counter() - start)
-    best = 2 * size**3 / min(seconds) / 1e9
-    return {"precision": precision, "gflop_per_s": best, "size": size, "method": f"{method}, {size}^3, best of {calls}"}
+    return 2 * size**3 / min(seconds) / 1e9
 
 
 def measure_peaks(precisions: Iterable[str], device: str, size: int = 2048) -> Dict[str, Optional[Dict]]:

@@ -104,14 +104,14 @@ def make_rows(
 
             batches = [utils.move_to_cuda(b) for b in batches]
         for kind in ["ctranslate2"] if m.engine is not None else args.generators:
-            reason = decoder_unsupported_reason(m.model) if kind == "fast" else None
+            reason = decoder_unsupported_reason(m.model) if kind.startswith("fast") else None
             if reason is not None:
-                notes.append(f"{m.name}: no fast row ({reason})")
+                notes.append(f"{m.name}: no {kind} row ({reason})")
                 continue
             gen = _generator(args, kind, m, beam)
-            fallback = getattr(gen, "encoder_fallback_reason", None) if kind == "fast" else None
+            fallback = getattr(gen, "encoder_fallback_reason", None) if kind.startswith("fast") else None
             if fallback is not None:
-                notes.append(f"{m.name} · fast: the encoder runs its own forward ({fallback})")
+                notes.append(f"{m.name} · {kind}: the encoder runs its own forward ({fallback})")
             rows.append(Row(m, kind, gen, batches, device=args.device))
     return rows
 

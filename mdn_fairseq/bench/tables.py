@@ -41,12 +41,15 @@ def speed_table(records: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+def _peak_text(v: Dict) -> str:
+    others = [f"{m} {r:.1f}" for m, r in v.get("by_method", {}).items() if not v["method"].startswith(m)]
+    return f"{v['gflop_per_s']:.1f} GFLOP/s ({v['method']}" + (f"; {', '.join(others)} GFLOP/s" if others else "") + ")"
+
+
 def peaks_line(peaks: Dict[str, Optional[Dict]]) -> str:
     """One line: the measured peak of each precision (GFLOP/s) and how it was measured."""
     parts = [
-        f"{p} not measured (no such product on this device)"
-        if v is None
-        else f"{p} {v['gflop_per_s']:.1f} GFLOP/s ({v['method']})"
+        f"{p} not measured (no such product on this device)" if v is None else f"{p} {_peak_text(v)}"
         for p, v in peaks.items()
     ]
     return "Machine peak, same threads: " + "; ".join(parts) + "."

@@ -28,6 +28,7 @@ from .attention import (
     ReusedCrossAttention,
     SharedCrossAttention,
 )
+from .linear import linear_relu
 from .support import encoder_unsupported_reason
 
 
@@ -137,16 +138,15 @@ class TransformerSteps(nn.Module):
             residual = x
             if pre:
                 x = layer.self_attn_layer_norm(x)
-            if pad is not None and (buf is None or buf.size(2) != attn.attn.embed_dim):
-                buf = x.new_zeros(3, bsz * src_len, attn.attn.embed_dim)
+            if pad is not None and (buf is None or buf.size(1) != 3 * attn.attn.embed_dim):
+                buf = x.new_zeros(bsz * src_len, 3 * attn.attn.embed_dim)
             x = residual + attn(x, keep, bsz, src_len, mask, buf)
             if not pre:
                 x = layer.self_attn_layer_norm(x)
             residual = x
             if pre:
                 x = layer.final_layer_norm(x)
-            h = layer.fc1(x)
-            h = torch.relu_(h) if layer.activation_fn is F.relu else layer.activation_fn(h)
+            h = linear_relu(layer.fc1, x) if layer.activation_fn is F.relu else layer.activation_fn(layer.fc1(x))
             x = residual + layer.fc2(h)
             if not pre:
                 x = layer.final_layer_norm(x)

@@ -1,0 +1,107 @@
+"""The lean search's float32 linear layers on oneDNN: same results as F.linear, scoped to generation,
+left to F.linear where oneDNN cannot take the input; the benchmark's fast_torch rows and fp32 peak."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fairseq.sequence_generator import SequenceGenerator
+from test_fast_generator import assert_same, batch, eos_friendly
+from torch import nn
+
+from conftest import build_model
+from mdn_fairseq.bench.roofline import measure_peak
+from mdn_fairseq.errors import MDNError
+from mdn_fairseq.fast_generator import FastSequenceGenerator
+from mdn_fairseq.fast_generator import linear as lin
+
+pytestmark = pytest.mark.skipif(lin.onednn_unavailable_reason() is not None, reason="torch without oneDNN")
+
+
+@pytest.mark.parametrize(
+    "x_shape,out,bias,view",
+    [((7, 48), 33, True, None), ((3, 5, 48), 64, False, None), ((0, 48), 16, True, None), ((48, 9), 20, True, "t")],
+)
+def test_linear_equals_f_linear(x_shape, out, bias, view):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*x_shape, generator=g)
+    x = x.t() if view == "t" else x  # a non-contiguous input
+    w = torch.randn(out, x.size(-1), generator=g)
+    b = torch.randn(out, generator=g) if bias else None
+    y = lin.linear(x, w, b)
+    assert y.shape == F.linear(x, w, b).shape
+    torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+
+
+def test_onednn_linears_scoped_and_exact():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    quantized = torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.Linear(16, 8)), {nn.Linear})
+    model.add_module("q", quantized)
+    calls = []
+    model[0].register_forward_hook(lambda *_: calls.append("hook"))
+    x = torch.randn(5, 16)
+    ref = model[:3](x)
+    with torch.no_grad(), lin.onednn_linears(model) as patched:
+        assert patched == [model[0], model[2]]  # exactly nn.Linear: the quantized layer keeps its own
+        assert lin.on_onednn(model[0]) and not lin.on_onednn(quantized[0])
+        out = model[:3](x)
+        fused = lin.linear_relu(model[0], x)
+    assert calls == ["hook"] * 3  # before, and on oneDNN (plain and fused): module hooks still run
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused, F.relu(F.linear(x, model[0].weight, model[0].bias)), rtol=1e-5, atol=1e-5)
+    assert all("forward" not in m.__dict__ for m in model.modules())  # the class's forward is back
+    with pytest.raises(RuntimeError, match="boom"), lin.onednn_linears(model):
+        raise RuntimeError("boom")
+    assert not lin.on_onednn(model[0])  # also after an error
+    with lin.onednn_linears(model, enabled=False) as patched:
+        assert patched == [] and not lin.on_onednn(model[0])
+
+
+def test_inputs_onednn_cannot_take_go_to_f_linear():
+    layer, wide = nn.Linear(8, 4), nn.Linear(8, 4).double()
+    x = torch.randn(3, 8)
+    with lin.onednn_linears(nn.ModuleList([layer, wide])) as patched:
+        assert patched == [layer]  # float64 weights are not patched
+        y = layer(x)  # autograd through the weights: F.linear, which has a backward
+        y.sum().backward()
+        assert layer.weight.grad is not None
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts as it does for F.linear
+            assert layer(x).dtype == torch.bfloat16
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_backend_option():
+    model = eos_friendly(build_model("mdn_tiny"))
+    d = model.decoder.dictionary
+    assert FastSequenceGenerator([model], d, beam_size=2).linear_backend == "onednn"
+    assert FastSequenceGenerator([model], d, beam_size=2, linear_backend="torch").linear_backend == "torch"
+    with pytest.raises(MDNError, match="unknown; choose from auto, onednn, torch"):
+        FastSequenceGenerator([model], d, beam_size=2, linear_backend="mkl")
+
+
+def test_onednn_missing(monkeypatch):
+    monkeypatch.setattr(lin, "onednn_unavailable_reason", lambda: "no oneDNN here")
+    assert lin.resolve_backend("auto") == "torch"
+    with pytest.raises(MDNError, match="'onednn': no oneDNN here; use 'auto' or 'torch'"):
+        lin.resolve_backend("onednn")
+
+
+@pytest.mark.parametrize("arch", ["mdn_tiny", "mdn_transformer_tiny"])
+def test_both_backends_give_sequence_generator_results(arch):
+    model = eos_friendly(build_model(arch, tgt_vocab=1000))
+    d = model.decoder.dictionary
+    ref = SequenceGenerator([model], d, beam_size=4, max_len_b=12)
+    for backend in ("onednn", "torch"):
+        fast = FastSequenceGenerator([model], d, beam_size=4, max_len_b=12, linear_backend=backend)
+        for seed in range(2):
+            sample = batch(model, 6, seed)
+            assert_same(ref.generate([model], sample), fast.generate([model], sample))
+    assert not any(lin.on_onednn(m) for m in model.modules())
+
+
+def test_fp32_peak_is_the_faster_of_matmul_and_onednn():
+    peak = measure_peak("fp32", "cpu", size=256, calls=2)
+    assert set(peak["by_method"]) == {"torch.matmul, fp32", "oneDNN linear, fp32"}
+    assert peak["gflop_per_s"] == max(peak["by_method"].values()) > 0
+    assert peak["method"].startswith(max(peak["by_method"], key=peak["by_method"].get))
