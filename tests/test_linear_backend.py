@@ -17,6 +17,22 @@ from mdn_fairseq.fast_generator import linear as lin
 pytestmark = pytest.mark.skipif(lin.onednn_unavailable_reason() is not None, reason="torch without oneDNN")
 
 
+@pytest.fixture(autouse=True)
+def every_product_on_onednn(monkeypatch):
+    """The tiny test products are below the size where the lean search picks oneDNN: take them all there."""
+    monkeypatch.setattr(lin, "MIN_ONEDNN_MACS", 0)
+
+
+def test_small_products_stay_on_f_linear(monkeypatch):
+    monkeypatch.setattr(lin, "MIN_ONEDNN_MACS", 1000)
+    w = torch.randn(10, 10)
+    calls = []
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(a[0].shape) or F.linear(*a[:3]))
+    lin.linear(torch.randn(9, 10), w)  # 900 multiply-adds: F.linear
+    lin.linear(torch.randn(10, 10), w)  # 1000: oneDNN
+    assert calls == [torch.Size([10, 10])]
+
+
 @pytest.mark.parametrize(
     "x_shape,out,bias,view",
     [((7, 48), 33, True, None), ((3, 5, 48), 64, False, None), ((0, 48), 16, True, None), ((48, 9), 20, True, "t")],

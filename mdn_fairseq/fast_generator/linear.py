@@ -11,8 +11,8 @@ operator torch's own CPU compiler (``torch.compile`` with freezing) emits for li
 :func:`onednn_linears` makes a model's float32 CPU ``nn.Linear`` layers compute with it for the duration
 of a ``with`` block (the lean search's ``generate``): each layer gets an instance ``forward`` that calls
 the operator (module hooks still run; the class and the parameters are untouched) and gets its own back
-on exit.  Inputs it cannot take (another dtype, autocast, autograd through the weights) go to the
-layer's own ``F.linear``.  :func:`linear` and :func:`linear_relu` are the same choice for a bare
+on exit.  Inputs it cannot take (another dtype, autocast, autograd through the weights) and products too
+small to gain (:data:`MIN_ONEDNN_MACS`) go to the layer's own ``F.linear``.  :func:`linear` and :func:`linear_relu` are the same choice for a bare
 weight (the encoder's stacked q/k/v projection) and for a layer followed by ReLU (fused in oneDNN).
 
 Results equal ``F.linear``'s to float32 rounding (the products sum in another order; tested); the
@@ -53,9 +53,16 @@ def resolve_backend(backend: str) -> str:
     return "torch" if backend == "torch" or reason is not None else "onednn"
 
 
+# products below this many multiply-adds (rows x in x out) stay on F.linear: oneDNN's fixed cost per call
+# (about 15-20 us on the machine above) outweighs its faster arithmetic there (measured: 256x64x64 0.9x,
+# 256x64x16 0.5x, 1300x64x64 1.4x, 256x512x64 1.7x, 1300x512x512 1.8x, 4x512x10000 2.7x F.linear's speed)
+MIN_ONEDNN_MACS = 4_000_000
+
+
 def _onednn_takes(x: Tensor, weight: Tensor) -> bool:
     return (
-        x.dtype == torch.float32
+        x.numel() * weight.size(0) >= MIN_ONEDNN_MACS
+        and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and x.device.type == "cpu"
         and weight.device.type == "cpu"
@@ -66,7 +73,8 @@ def _onednn_takes(x: Tensor, weight: Tensor) -> bool:
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, onednn: bool = True) -> Tensor:
     """``F.linear(x, weight, bias)``: ``x`` (..., in), ``weight`` (out, in), ``bias`` (out,) or None ->
-    (..., out); on oneDNN when ``onednn`` and the tensors suit it (float32, CPU, no autocast or autograd)."""
+    (..., out); on oneDNN when ``onednn`` and the tensors suit it (float32, CPU, no autocast or autograd, at
+    least :data:`MIN_ONEDNN_MACS` multiply-adds)."""
     if onednn and _onednn_takes(x, weight):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
