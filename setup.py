@@ -27,7 +27,7 @@ setup(
         "jieba",  # Chinese segmentation (mdn-prepare, nist12_zh_en)
         "tensorboardX",  # fairseq-train --tensorboard-logdir
     ],
-    extras_require={"test": ["pytest", "ruff==0.17.6"], "bench": ["ctranslate2"]},
+    extras_require={"test": ["pytest", "ruff==0.17.6"], "bench": ["ctranslate2", "matplotlib"]},  # plots
     entry_points={
         "console_scripts": [
             "mdn-prepare=mdn_fairseq.cli.prepare:main",

@@ -4,7 +4,7 @@
 #   bash scripts/reproduce.sh TASK [--quick] [--peers] [--data DIR] [--work DIR] [--results DIR]
 #                                  [--world-size N] [--threads N]
 #
-# TASK: multi30k_en_de, multi30k_en_fr, wmt14_en_de, wmt14_en_fr, nist12_zh_en (settings: configs/TASK.sh)
+# TASK: multi30k_en_{de,fr}[_small] (64 / 256 wide), wmt14_en_de, wmt14_en_fr, nist12_zh_en (settings: configs/TASK.sh)
 #  1 prepare   mdn-prepare: Moses tokenisation, BPE (baseline: joint; MDN: small target vocabulary),
 #              length/ratio filter, fairseq-preprocess                                 -> WORK/data
 #  2 baseline  the baseline architecture on the baseline BPE                           -> WORK/baseline
@@ -20,7 +20,7 @@
 #  6b + Ours   --peers: Table 7, the MDN row's recipe on AAN and CAN (mdn-init from the teacher, STUDENT_DATA,
 #              no label smoothing, decoder dropout 0; AAN_MDN_ARCH/_ARGS, CAN_MDN_...) -> WORK/{aan_mdn,can_mdn}
 #  7 evaluate  average the last 5 epoch checkpoints, beam 4, batch 64, lenpen 0.6; tokenised BLEU and
-#              sacreBLEU on valid and test
+#              sacreBLEU on valid and on every test set of the config (SPLITS test=MAIN,EXTRA,...)
 #  8 benchmark mdn-bench: the models side by side on the test source, batch 64, beam 4, CPU
 #              (and GPU, fp16, when there is one)
 #  9 report    RESULTS/results.md and results.json (--peers: with the peer rows and a Table 7 block)
@@ -78,7 +78,7 @@ for s in baseline mdn; do
   if [ "$BENCH_LINES" -gt 0 ]; then head -n "$BENCH_LINES" "$D/$s/test.$SRC"; else cat "$D/$s/test.$SRC"; fi \
     > "$WORK/bench/input.$s.$SRC"
 done
-BENCH=(--batch-size 64 --beam 4 --repeats "$REPEATS") NAMES=() AVGS=()
+BENCH=(--batch-size 64 --beam 4 --repeats "$REPEATS" "${GEN_LEN[@]}") NAMES=() AVGS=()
 for key in "${ROWS[@]}"; do
   BENCH+=(--path "$WORK/$key/checkpoint_avg.pt" --name "${ROW_NAME[$key]}" --data "$D/${ROW_BPE[$key]}/bin"
           --input "$WORK/bench/input.${ROW_BPE[$key]}.$SRC")

@@ -129,10 +129,20 @@ def test_read_config_rejects_a_malformed_line_with_file_and_line(tmp_path, line)
 
 
 def test_the_shipped_configs_load():
-    assert known_tasks() == ["multi30k_en_de", "multi30k_en_fr", "nist12_zh_en", "wmt14_en_de", "wmt14_en_fr"]
+    assert known_tasks() == [
+        "multi30k_en_de",
+        "multi30k_en_de_small",
+        "multi30k_en_fr",
+        "multi30k_en_fr_small",
+        "nist12_zh_en",
+        "wmt14_en_de",
+        "wmt14_en_fr",
+    ]
     cfg = load_config(REPO / "configs" / "multi30k_en_de.sh")
     assert (cfg.src, cfg.tgt, cfg.download) == ("en", "de", "multi30k")
     assert cfg.splits == {"train": "train", "valid": "val", "test": "test_2016_flickr"}
+    assert cfg.test_sets == ["test_2016_flickr", "test_2017_flickr"]
+    assert cfg.test_subsets() == {"test": "test_2016_flickr", "test1": "test_2017_flickr"}
     assert cfg.data == (REPO / ".." / "shared" / "data" / "multi30k").resolve()
     assert cfg.bpe["baseline"] == BpeSetting(True, 6000, 6000)
     assert cfg.bpe["mdn"] == BpeSetting(False, 6000, 2000)
@@ -162,7 +172,7 @@ def test_config_parsing_does_not_need_torch(tmp_path):
         "('torch', 'fairseq', 'mdn_fairseq') and not m.startswith(('mdn_fairseq.prepare', 'fairseq.version'))))\n"
     )
     out = run_cli([sys.executable, "-c", code], cwd=tmp_path).stdout.splitlines()
-    assert out == ["wmt14_en_de en de 10000 5", "['mdn_fairseq', 'mdn_fairseq.errors', 'mdn_fairseq.files']"]
+    assert out == ["wmt14_en_de en de 10000 7", "['mdn_fairseq', 'mdn_fairseq.errors', 'mdn_fairseq.files']"]
 
 
 def test_config_with_a_bad_value_names_the_key(tmp_path):
@@ -541,9 +551,18 @@ def test_work_prepared_with_other_settings_is_refused(tmp_path):
 def test_end_to_end_quick_multi30k_and_resume(tmp_path, multi30k):
     work = tmp_path / "work"
     cmd = ["mdn-prepare", "--task", "multi30k_en_de", "--quick", "--work", work, "--data", multi30k, "--workers", "2"]
-    first = run_cli(cmd, cwd=REPO)
+    # the config's second test set, test_2017_flickr, is not in the folder and cannot be downloaded from here
+    offline = {**os.environ, "MDN_MULTI30K_URL": (tmp_path / "no-server").as_uri()}
+    first = run_cli(cmd, cwd=REPO, env=offline)
     assert "train: 800 pairs read, 0 empty removed; baseline:" in first.stdout
+    warning = "WARNING: test set test_2017_flickr (test1) is missing: test_2017_flickr.en and test_2017_flickr.de"
+    assert f"{warning} (plain or .gz) not found in {multi30k}; download failed: " in first.stdout
+    assert "   test1 (test_2017_flickr): MISSING (" in first.stdout
     state = json.loads((work / "prepare.json").read_text())
+    assert [(t["subset"], t["name"], t["missing"]) for t in state["test_sets"]] == [
+        ("test", "test_2016_flickr", False),
+        ("test1", "test_2017_flickr", True),
+    ]
     assert state["quick"] is True
     assert state["splits"]["train"] == {"lines_read": 800, "empty_removed": 0, "pairs": 800, "references": 1}
     assert state["splits"]["valid"]["lines_read"] == state["splits"]["test"]["lines_read"] == 200
@@ -578,7 +597,7 @@ def test_end_to_end_quick_multi30k_and_resume(tmp_path, multi30k):
     assert not leftovers(work)
 
     mtimes = {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}
-    second = run_cli(cmd, cwd=REPO)
+    second = run_cli(cmd, cwd=REPO, env=offline)
     skipped = [line for line in second.stdout.splitlines() if line.endswith("done (skipped)")]
     assert len(skipped) == 8, second.stdout  # raw, tok, and 3 stages per BPE setting
     assert "fairseq-preprocess" not in second.stderr and "it/s" not in second.stderr
@@ -602,7 +621,7 @@ def test_task_configs_are_package_data_of_the_installed_wheel(tmp_path):
 
     data = corpus(tmp_path / "data", PAIRS, splits=("train", "val", "test_2016_flickr"))
     run_dir.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(site)}
+    env = {**os.environ, "PYTHONPATH": str(site), "MDN_MULTI30K_URL": (tmp_path / "no-server").as_uri()}
     cmd = [sys.executable, "-m", "mdn_fairseq.cli.prepare", "--task", "multi30k_en_de", "--quick"]
     out = run_cli([*cmd, "--work", "w", "--data", data, "--workers", "1"], cwd=run_dir, env=env).stdout
     assert f"config {installed / 'multi30k_en_de.sh'}; WORK w" in out, out

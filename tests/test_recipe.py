@@ -1,6 +1,9 @@
 """The recipe's pieces (checkpoint averaging, scoring, training state) and scripts/reproduce.sh end to end."""
 
+import gzip
+import hashlib
 import json
+import os
 import subprocess
 from collections import OrderedDict
 from pathlib import Path
@@ -145,7 +148,11 @@ def run_reproduce(*args, **kw):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["nope"], "unknown task 'nope' (known: multi30k_en_de multi30k_en_fr nist12_zh_en wmt14_en_de wmt14_en_fr"),
+        (
+            ["nope"],
+            "unknown task 'nope' (known: multi30k_en_de multi30k_en_de_small multi30k_en_fr multi30k_en_fr_small "
+            "nist12_zh_en wmt14_en_de wmt14_en_fr",
+        ),
         (["multi30k_en_de", "--world-size", "x"], "--world-size takes a positive integer"),
         (["multi30k_en_de", "--world-size", "4", "--threads", "2"], "--world-size 4 needs 4 GPUs"),
         (["multi30k_en_de", "--bogus"], "unknown argument '--bogus'"),
@@ -157,18 +164,37 @@ def test_reproduce_bad_arguments(args, message, tmp_path):
     assert not (tmp_path / "w" / "data").exists()
 
 
+def served_test_2017(folder: Path, multi30k: Path):
+    """The environment of a recipe run whose Multi30k download source is ``folder`` (a file:// URL): the
+    config's second test set, test_2017_flickr, made of 100 val pairs (from line 301), with its checksums."""
+    folder.mkdir()
+    sums = []
+    for lang in ("en", "de"):
+        with gzip.open(multi30k / f"val.{lang}.gz", "rt", encoding="utf-8") as f:
+            lines = f.read().splitlines()[300:400]
+        path = folder / f"test_2017_flickr.{lang}.gz"
+        path.write_bytes(gzip.compress("".join(line + "\n" for line in lines).encode("utf-8")))
+        sums.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n")
+    (folder / "sums.sha256").write_text("".join(sums))
+    return {**os.environ, "MDN_MULTI30K_URL": folder.as_uri(), "MDN_MULTI30K_SHA256": str(folder / "sums.sha256")}
+
+
 @pytest.fixture(scope="module")
 def quick_work(tmp_path_factory, multi30k):
     """One ``reproduce.sh multi30k_en_de --quick`` run, shared by this module's end-to-end tests (the
-    ``--peers`` test adds its rows to the same folder): (work folder, its CompletedProcess)."""
+    ``--peers`` test adds its rows to the same folder): (work folder, its CompletedProcess, its environment).
+    The config's second test set is downloaded from a local folder (:func:`served_test_2017`)."""
     work = tmp_path_factory.mktemp("reproduce") / "work"
-    proc = run_reproduce("multi30k_en_de", "--quick", "--work", str(work), "--data", str(multi30k), "--threads", "2")
+    env = served_test_2017(work.parent / "served", multi30k)
+    proc = run_reproduce(
+        "multi30k_en_de", "--quick", "--work", str(work), "--data", str(multi30k), "--threads", "2", env=env
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return work, proc
+    return work, proc, env
 
 
 def test_reproduce_quick_end_to_end(quick_work, multi30k):
-    work, proc = quick_work
+    work, proc, env = quick_work
     for n in range(1, 10):
         assert f"] {n} " in proc.stdout  # every stage announced
     results = json.loads((work / "results" / "results.json").read_text())
@@ -180,18 +206,35 @@ def test_reproduce_quick_end_to_end(quick_work, multi30k):
             assert isinstance(r[key], float) and 0 <= r[key] <= 100
     md = (work / "results" / "results.md").read_text()
     assert "| MDN |" in md and "| + BPE 10K |" in md and "bash scripts/reproduce.sh multi30k_en_de --quick" in md
+    # both test sets of the config: test_2016_flickr local, test_2017_flickr downloaded under WORK/data
+    assert [(t["subset"], t["name"], t["missing"]) for t in results["test_sets"]] == [
+        ("test", "test_2016_flickr", False),
+        ("test1", "test_2017_flickr", False),
+    ]
+    assert (work / "data" / "download" / "test_2017_flickr.de.gz").is_file()
+    assert not (multi30k / "test_2017_flickr.de.gz").exists()
+    assert (
+        "test_2016_flickr BLEU | test_2016_flickr sacreBLEU | test_2017_flickr BLEU | test_2017_flickr sacreBLEU" in md
+    )
+    for key, r in rows.items():
+        assert r["test_sets"]["test_2016_flickr"]["bleu"] == r["test_bleu"]
+        assert 0 <= r["test_sets"]["test_2017_flickr"]["sacrebleu"] <= 100
+        assert json.loads((work / key / "scores.test1.json").read_text())["sentences"] == 100
+        assert f"   {key} test1 (test_2017_flickr): tokenised BLEU" in proc.stdout
+    assert list(report.read_scores(str(work), "mdn")) == ["valid", "test", "test1"]
     # the student was initialised by weight distillation (Multi30k: on the original pairs, see the config)
     assert (work / "mdn_init.pt").is_file() and "not used (STUDENT_DATA=original" in proc.stdout
     # averaged checkpoints are what was scored
     assert (work / "mdn" / "checkpoint_avg.pt").is_file()
 
-    # a re-run does nothing again: every stage is judged finished by its outputs
-    stamps = {p: p.stat().st_mtime for p in work.rglob("*.pt")}
-    again = run_reproduce("multi30k_en_de", "--quick", "--work", str(work), "--data", str(multi30k), "--threads", "2")
+    # a re-run does nothing again: every stage is judged finished by its outputs (scores included)
+    stamps = {p: p.stat().st_mtime for p in [*work.rglob("*.pt"), *work.rglob("scores.*.json")]}
+    args = ("multi30k_en_de", "--quick", "--work", str(work), "--data", str(multi30k), "--threads", "2")
+    again = run_reproduce(*args, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "baseline: trained" in again.stdout and "mdn: trained" in again.stdout
-    assert "fairseq-train" not in again.stdout
-    assert stamps == {p: p.stat().st_mtime for p in work.rglob("*.pt")}
+    assert "fairseq-train" not in again.stdout and ": tokenised BLEU" not in again.stdout  # nothing scored again
+    assert stamps == {p: p.stat().st_mtime for p in [*work.rglob("*.pt"), *work.rglob("scores.*.json")]}
 
 
 def test_strategies_table_lists_every_row_with_its_numbers(tmp_path):
@@ -334,10 +377,10 @@ def test_results_table_with_peers_adds_their_rows_and_a_table7_block(tmp_path):
 
 @pytest.mark.slow
 def test_reproduce_quick_peers_end_to_end(quick_work, multi30k):
-    work, _ = quick_work
+    work, _, env = quick_work
     stamps = {p: p.stat().st_mtime for p in work.rglob("*.pt")}  # the plain run's models
     args = ("multi30k_en_de", "--quick", "--peers", "--work", str(work), "--data", str(multi30k), "--threads", "2")
-    proc = run_reproduce(*args)
+    proc = run_reproduce(*args, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "] 6a peers (Table 4)" in proc.stdout and "] 6b + Ours (Table 7)" in proc.stdout
     assert "baseline: trained" in proc.stdout and "mdn: trained" in proc.stdout  # not trained again
@@ -378,7 +421,7 @@ def test_reproduce_quick_peers_end_to_end(quick_work, multi30k):
 
     # a re-run does nothing again
     stamps = {p: p.stat().st_mtime for p in work.rglob("*.pt")}
-    again = run_reproduce(*args)
+    again = run_reproduce(*args, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "can_mdn: trained" in again.stdout and "fairseq-train" not in again.stdout
     assert stamps == {p: p.stat().st_mtime for p in work.rglob("*.pt")}

@@ -5,17 +5,23 @@
 
 The task's settings (languages, file stems, BPE merges, length filter) come from its config; the shipped
 ones (--task) install with the package.  The text is read from --data DIR, else from the config's DATA
-folder, else downloaded into WORK/download (Multi30k, WMT14; the config's DOWNLOAD).  Written under WORK:
+folder; what the folder lacks is downloaded into WORK/download (the config's DOWNLOAD: Multi30k file by
+file, checksummed; WMT14 whole, when there is no folder).  A config may name several test sets
+(SPLITS test=MAIN,EXTRA,...): the extra ones become subsets test1, test2, ...; one that is neither local
+nor downloadable is reported, recorded missing in prepare.json and left out (the main one must be there).
+Written under WORK:
 
     raw/{train,valid,test}.{SRC,TGT}   checked text, empty pairs removed (raw/test.TGT: the sacreBLEU
-                                       reference; extra references: raw/{split}.TGT.ref1, .ref2, ...)
+                                       reference; extra references: raw/{split}.TGT.ref1, .ref2, ...;
+                                       extra test sets: raw/test1.*, test2.*, ..., likewise below)
     tok/{split}.{SRC,TGT}              Moses-tokenised (Chinese: jieba-segmented first)
     baseline/, mdn/                    one BPE setting each:
         codes.joint | codes.SRC, codes.TGT   subword-nmt codes
         {split}.{SRC,TGT}                   BPE text (train: length-filtered in subwords, ratio in words)
         bin/                                fairseq-preprocess output (dict.*.txt, *.bin, *.idx)
         preprocess.log
-    prepare.json                       settings fingerprint, counts, vocabulary sizes, merges
+    prepare.json                       settings fingerprint, counts, vocabulary sizes, merges, and
+                                       test_sets: [{"subset": "test1", "name": STEM, "missing": ...}, ...]
 
 A stage's files appear together when it succeeds; a re-run skips the stages whose outputs are there (and
 refuses a WORK prepared with other settings).  --quick prepares a slice: the first QUICK_TRAIN_LINES

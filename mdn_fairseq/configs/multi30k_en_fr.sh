@@ -5,8 +5,9 @@ SRC=en
 TGT=fr
 # local folder with {stem}.{lang} or {stem}.{lang}.gz per split (relative paths: to the repository root)
 DATA=../shared/data/multi30k
-SPLITS="train=train valid=val test=test_2016_flickr"
-# where a missing local folder is downloaded from (checksums: configs/multi30k.sha256)
+# test: a comma list of test sets, the first is the main one; the results table reports BLEU on each
+SPLITS="train=train valid=val test=test_2016_flickr,test_2017_flickr"
+# where files the local folder lacks are downloaded from, one by one (checksums: configs/multi30k.sha256)
 DOWNLOAD=multi30k
 # BPE (subword-nmt merges): the baseline learns one joint model, the MDN a small target vocabulary
 BASELINE_JOINT=1
@@ -53,3 +54,12 @@ QUICK_TRAIN_LINES=800
 QUICK_SRC_MERGES=300
 QUICK_TGT_MERGES=200
 QUICK_MAX_UPDATE=10
+# scripts/ablation.sh (the paper's Tables 2 and 5): each structure trick as model flags on BASELINE_ARCH, at
+# mdn_tiny's values: one decoder layer; one 16-dim decoder head (one of the baseline's four); no decoder FFN;
+# a rank-16 output projection; 4 encoder layers (the student's depth, matched to the baseline's parameters).
+# Table 2 switches them on one at a time, Table 5 one after another (all of them: STUDENT_ARCH's model).
+ABLATION_SHALLOW_DECODER="--decoder-layers 1"
+ABLATION_ONE_HEAD="--decoder-attention-heads 1 --decoder-attention-dim 16"
+ABLATION_NO_FFN=--no-decoder-ffn
+ABLATION_LOW_RANK="--output-rank 16"
+ABLATION_DEEP_ENCODER="--encoder-layers 4"

@@ -8,7 +8,7 @@ The decoder's self-attention is the average block of :mod:`mdn_fairseq.modules.a
 from fairseq.models import register_model, register_model_architecture
 
 from ..modules.average_attention import AANDecoderLayer
-from .mdn import MDNDecoder, mdn_architecture, mdn_transformer_base, mdn_transformer_tiny
+from .mdn import MDNDecoder, mdn_architecture, mdn_transformer_base, mdn_transformer_small, mdn_transformer_tiny
 from .peers import PeerModel
 
 
@@ -38,6 +38,12 @@ def aan_architecture(args):
 def aan_tiny(args):
     """Tiny AAN for CPU tests and demos: the dims of ``mdn_transformer_tiny`` (64 wide, 2+2 layers)."""
     mdn_transformer_tiny(args)
+
+
+@register_model_architecture("aan", "aan_small")
+def aan_small(args):
+    """Small AAN (Multi30k ``*_small`` configs): the dims of ``mdn_transformer_small`` (256 wide, 3+3 layers)."""
+    mdn_transformer_small(args)
 
 
 @register_model_architecture("aan", "aan_mdn")

@@ -10,7 +10,7 @@ Each decoder layer is one compressed sub-layer (:mod:`mdn_fairseq.modules.compre
 from fairseq.models import register_model, register_model_architecture
 
 from ..modules.compressed_attention import CANDecoderLayer
-from .mdn import MDNDecoder, mdn_transformer_base, mdn_transformer_tiny, mdn_wmt_en_de
+from .mdn import MDNDecoder, mdn_transformer_base, mdn_transformer_small, mdn_transformer_tiny, mdn_wmt_en_de
 from .peers import PeerModel
 
 
@@ -52,6 +52,15 @@ def can_tiny(args):
     args.can_value_dim = getattr(args, "can_value_dim", 128)
     _pre_norm(args)
     mdn_transformer_tiny(args)
+
+
+@register_model_architecture("can", "can_small")
+def can_small(args):
+    """Small CAN (Multi30k ``*_small`` configs): ``mdn_transformer_small`` dims (256 wide, 3+3 layers, 4 heads),
+    pre-norm, values 1024 wide (the small FFN's width)."""
+    args.can_value_dim = getattr(args, "can_value_dim", 1024)
+    _pre_norm(args)
+    mdn_transformer_small(args)
 
 
 @register_model_architecture("can", "can_mdn")

@@ -281,3 +281,37 @@ def mdn_tiny(args):
     args.encoder_layers = getattr(args, "encoder_layers", 4)
     _mini_decoder(args, attention_dim=16, rank=16)
     mdn_transformer_base(args)
+
+
+def _small_dims(args):
+    """256-wide model dims (4 encoder heads of 64, FFN 1024), dropout 0.1: the paper's proportions at a quarter
+    of its width (Transformer-base: 512 wide, 8 heads of 64, FFN 2048)."""
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 256)
+    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 1024)
+    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 4)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 256)
+    args.dropout = getattr(args, "dropout", 0.1)
+
+
+@register_model_architecture("mdn", "mdn_transformer_small")
+def mdn_transformer_small(args):
+    """Small dims (256 wide, 4 heads of 64, FFN 1024), tricks off, 3+3 layers: the Multi30k teacher/baseline
+    of ``configs/multi30k_*_small.sh``."""
+    _small_dims(args)
+    args.encoder_layers = getattr(args, "encoder_layers", 3)
+    args.decoder_layers = getattr(args, "decoder_layers", 3)
+    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", 4)
+    mdn_transformer_base(args)
+
+
+@register_model_architecture("mdn", "mdn_small")
+def mdn_small(args):
+    """The student of ``mdn_transformer_small``: small dims, one decoder layer with one 64-dim head (one of the
+    teacher's four), no decoder FFN, rank-64 output; 8 encoder layers: the depth whose parameter count is
+    closest to the 3+3 baseline's (the paper's rule, :func:`mdn_fairseq.models.param_match.matched_encoder_layers`)
+    with the vocabularies of ``configs/multi30k_*_small.sh`` (En-De: 8.64M against 8.72M; En-Fr: 8.63M
+    against 8.78M; 7 or 9 layers would be 10% off)."""
+    _small_dims(args)
+    args.encoder_layers = getattr(args, "encoder_layers", 8)
+    _mini_decoder(args, attention_dim=64, rank=64)
+    mdn_transformer_base(args)

@@ -12,7 +12,7 @@ from fairseq.models import register_model, register_model_architecture
 from torch import Tensor
 
 from ..modules.shared_attention import OWN, SANDecoderLayer, block_roles
-from .mdn import MDNDecoder, mdn_transformer_base, mdn_transformer_tiny
+from .mdn import MDNDecoder, mdn_transformer_base, mdn_transformer_small, mdn_transformer_tiny
 from .peers import PeerModel, parse_blocks
 
 
@@ -127,3 +127,12 @@ def san_tiny(args):
     args.san_self_attn_blocks = getattr(args, "san_self_attn_blocks", "1,2")
     args.san_cross_attn_blocks = getattr(args, "san_cross_attn_blocks", "2,1")
     mdn_transformer_tiny(args)
+
+
+@register_model_architecture("san", "san_small")
+def san_small(args):
+    """Small SAN (Multi30k ``*_small`` configs): ``mdn_transformer_small`` dims (256 wide, 3+3 layers),
+    self-attention blocks 1,2 and cross-attention blocks 2,1 (as ``san_tiny``)."""
+    args.san_self_attn_blocks = getattr(args, "san_self_attn_blocks", "1,2")
+    args.san_cross_attn_blocks = getattr(args, "san_cross_attn_blocks", "2,1")
+    mdn_transformer_small(args)

@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ..errors import MDNError
 
@@ -131,7 +131,8 @@ class TaskConfig:
     src: str
     tgt: str
     data: Optional[Path] = None  # None: no local folder configured
-    splits: Dict[str, str] = field(default_factory=dict)  # split -> file stem
+    splits: Dict[str, str] = field(default_factory=dict)  # split -> file stem (test: the first test set)
+    test_sets: List[str] = field(default_factory=list)  # every test set's file stem, the main one first
     download: str = "none"
     bpe: Dict[str, BpeSetting] = field(default_factory=dict)  # "baseline" / "mdn" -> BpeSetting
     max_len: int = 250
@@ -147,6 +148,16 @@ class TaskConfig:
         b = self.bpe[name]
         s, t = (self.quick_src_merges, self.quick_tgt_merges) if quick else (b.src_merges, b.tgt_merges)
         return {"joint": s} if b.joint else {self.src: s, self.tgt: t}
+
+    def test_subsets(self) -> Dict[str, str]:
+        """``{fairseq subset: test set stem}`` in the config's order: ``test``, ``test1``, ``test2``, ... (the
+        names ``fairseq-preprocess --testpref A,B,...`` gives; a set that is missing keeps its position)."""
+        return {subset_name(k): stem for k, stem in enumerate(self.test_sets or [self.splits["test"]])}
+
+
+def subset_name(k: int) -> str:
+    """The fairseq subset of the ``k``-th test set (0-based): ``test``, ``test1``, ``test2``, ..."""
+    return "test" if k == 0 else f"test{k}"
 
 
 class _Values:
@@ -183,16 +194,25 @@ class _Values:
             raise self.error(f"{key}={self.values[key]!r} is not a language code")
         return self.values[key]
 
-    def splits(self) -> Dict[str, str]:
-        splits = {}
+    def splits(self) -> Tuple[Dict[str, str], List[str]]:
+        """``({split: stem}, [test stems])`` from ``SPLITS``: ``test`` may name several sets (comma list, the
+        first is the main one and ``splits["test"]``)."""
+        splits, tests = {}, []
         for item in self.get("SPLITS").split():
-            split, _, stem = item.partition("=")
-            if split not in SPLITS or not stem or "/" in stem:
-                raise self.error(f"SPLITS item {item!r}: expected train=STEM valid=STEM test=STEM")
-            splits[split] = stem
+            split, _, stems = item.partition("=")
+            names = stems.split(",")
+            if split not in SPLITS or not all(names) or any("/" in n for n in names):
+                raise self.error(
+                    f"SPLITS item {item!r}: expected train=STEM valid=STEM test=STEM[,STEM...] (file stems, no '/')"
+                )
+            if len(names) > 1 and split != "test":
+                raise self.error(f"SPLITS item {item!r}: only test may name several sets (comma list)")
+            if len(set(names)) < len(names):
+                raise self.error(f"SPLITS item {item!r}: a test set is named twice")
+            splits[split], tests = names[0], names if split == "test" else tests
         if set(splits) != set(SPLITS):
             raise self.error(f"SPLITS={self.values['SPLITS']!r} must name train, valid and test")
-        return splits
+        return splits, tests
 
     def choice(self, key: str, allowed) -> str:
         if self.get(key) not in allowed:
@@ -240,7 +260,7 @@ def load_config(path) -> TaskConfig:
     if v.values.get("DATA"):
         data = Path(v.values["DATA"])
         cfg.data = data if data.is_absolute() else (_data_root(path) / data).resolve()
-    cfg.splits = v.splits()
+    cfg.splits, cfg.test_sets = v.splits()
     cfg.download = v.choice("DOWNLOAD", DOWNLOADS)
     cfg.bpe = {name: v.bpe(name) for name in BPE_SETTINGS}
     cfg.max_len = v.number("MAX_LEN", minimum=1)

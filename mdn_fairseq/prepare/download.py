@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ..files import atomic_write
 from .config import SPLITS, PrepareError, as_resource, shipped_configs
@@ -59,6 +59,13 @@ WMT14 = {
 }
 
 
+Folders = Union[str, os.PathLike, Sequence]  # one folder, or folders searched in order
+
+
+class DownloadFailed(PrepareError):
+    """A file could not be fetched (no network, no such file on the server); not a damaged download."""
+
+
 # ----------------------------------------------------------------------------------------------
 # checksums
 
@@ -100,35 +107,43 @@ def verify_sha256(path, expected: str, listed_in) -> None:
 # finding the input
 
 
-def find_input(folder, name: str) -> Optional[Path]:
-    """``folder/name`` or ``folder/name.gz`` (the plain file first), or None."""
-    for cand in (Path(folder) / name, Path(folder) / f"{name}.gz"):
-        if cand.is_file():
-            return cand
+def _folders(folders: Folders) -> List[Path]:
+    return [Path(folders)] if isinstance(folders, (str, os.PathLike)) else [Path(f) for f in folders]
+
+
+def find_input(folders: Folders, name: str) -> Optional[Path]:
+    """``name`` or ``name.gz`` (the plain file first) in the first of ``folders`` (a folder or a list of
+    folders searched in order) that has it, or None."""
+    for folder in _folders(folders):
+        for cand in (folder / name, folder / f"{name}.gz"):
+            if cand.is_file():
+                return cand
     return None
 
 
-def find_split_files(folder, split: str, stem: str, src: str, tgt: str) -> Tuple[Path, List[Path]]:
-    """``(source_file, [reference_files])`` of one split in ``folder``.
+def find_split_files(folders: Folders, split: str, stem: str, src: str, tgt: str) -> Tuple[Path, List[Path]]:
+    """``(source_file, [reference_files])`` of one split, looked for in ``folders`` (one or a list, in order).
 
     The target is ``{stem}.{tgt}``, or, when that is absent, the multiple references ``{stem}.{tgt}0``,
-    ``{stem}.{tgt}1``, ... (NIST style).  A missing file raises :class:`PrepareError`.
+    ``{stem}.{tgt}1``, ... (NIST style).  A missing file raises :class:`PrepareError` naming the folders and
+    the file names tried.
     """
 
     def missing(lang, name):
+        where = " or ".join(str(f / name) for f in _folders(folders))
         return PrepareError(
-            f"missing input file for split {split} ({lang}): {Path(folder) / name} (or {name}.gz) not found; "
+            f"missing input file for split {split} ({lang}): {where} (or {name}.gz) not found; "
             f"{DATA_HINT}: a folder with {stem}.{src} and {stem}.{tgt} (plain or .gz)"
         )
 
-    source = find_input(folder, f"{stem}.{src}")
+    source = find_input(folders, f"{stem}.{src}")
     if source is None:
         raise missing(src, f"{stem}.{src}")
-    single = find_input(folder, f"{stem}.{tgt}")
+    single = find_input(folders, f"{stem}.{tgt}")
     if single is not None:
         return source, [single]
     refs = []
-    while (ref := find_input(folder, f"{stem}.{tgt}{len(refs)}")) is not None:
+    while (ref := find_input(folders, f"{stem}.{tgt}{len(refs)}")) is not None:
         refs.append(ref)
     if not refs:
         raise missing(tgt, f"{stem}.{tgt}")
@@ -142,12 +157,13 @@ def find_split_files(folder, split: str, stem: str, src: str, tgt: str) -> Tuple
 def fetch(url: str, dest, sha256: Optional[str] = None, log=print) -> None:
     """Download ``url`` to ``dest`` atomically, checking ``sha256`` when given.
 
-    A failed download or a checksum mismatch raises :class:`PrepareError` and leaves ``dest`` as it was.
+    A failed download raises :class:`DownloadFailed` (no folder is made for ``dest``), a checksum mismatch
+    :class:`PrepareError`; both leave ``dest`` as it was.
     """
     log(f"   downloading {url}")
     digest = hashlib.sha256()
     try:
-        with atomic_write(dest, "wb") as out, urllib.request.urlopen(url, timeout=60) as r:
+        with urllib.request.urlopen(url, timeout=60) as r, atomic_write(dest, "wb") as out:  # no folder when it fails
             for block in iter(lambda: r.read(1 << 20), b""):
                 digest.update(block)
                 out.write(block)
@@ -157,26 +173,43 @@ def fetch(url: str, dest, sha256: Optional[str] = None, log=print) -> None:
                     f"deleted; {DATA_HINT}"
                 )
     except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise PrepareError(f"download failed: {url}: {reason}; {DATA_HINT}") from e
+        reason = (
+            f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", None) or e
+        )
+        raise DownloadFailed(f"download failed: {url}: {reason}; {DATA_HINT}") from e
 
 
-def download_multi30k(cfg, dest, log=print) -> Dict:
-    """Fetch the task's Multi30k files (``{stem}.{lang}.gz``) into ``dest``, each checked against the shipped
-    ``multi30k.sha256``; files already there with the right checksum are kept.
+def multi30k_missing(cfg, stems: Iterable[str], folders: Folders) -> List[str]:
+    """The Multi30k files (``{stem}.{lang}.gz``) of ``stems`` that none of ``folders`` holds (plain or .gz)."""
+    return [
+        f"{stem}.{lang}.gz"
+        for stem in stems
+        for lang in (cfg.src, cfg.tgt)
+        if find_input(folders, f"{stem}.{lang}") is None
+    ]
+
+
+def download_multi30k(cfg, dest, log=print, stems: Optional[Iterable[str]] = None, present: Folders = ()) -> Dict:
+    """Fetch Multi30k files (``{stem}.{lang}.gz``; ``stems``: the config's train, valid and main test set)
+    into ``dest``, each checked against the shipped ``multi30k.sha256``; files already in ``dest`` with the
+    right checksum, and files that one of the ``present`` folders holds (plain or .gz), are not fetched.
 
     ``MDN_MULTI30K_URL`` overrides the base URL and ``MDN_MULTI30K_SHA256`` the checksum file (tests).
-    Returns ``{"source": base URL, "files_fetched": n}``.
+    Returns ``{"source": base URL, "files_fetched": n}``.  A file with another checksum than listed raises
+    :class:`PrepareError` naming it; a failed download, or a file without a listed checksum, raises
+    :class:`DownloadFailed`.
     """
     base = os.environ.get("MDN_MULTI30K_URL", MULTI30K_URL).rstrip("/")
     sha_file = os.environ.get("MDN_MULTI30K_SHA256") or shipped_configs() / "multi30k.sha256"
     sums = read_sha256sums(sha_file)
     fetched = 0
-    for stem in cfg.splits.values():
+    for stem in cfg.splits.values() if stems is None else stems:
         for lang in (cfg.src, cfg.tgt):
             name = f"{stem}.{lang}.gz"
+            if find_input(present, f"{stem}.{lang}") is not None:
+                continue
             if name not in sums:
-                raise PrepareError(f"{sha_file} has no checksum for {name}")
+                raise DownloadFailed(f"{sha_file} has no checksum for {name}: it cannot be downloaded and verified")
             target = Path(dest) / name
             if target.is_file() and sha256_file(target) == sums[name]:
                 continue

@@ -1,6 +1,12 @@
 """One ``mdn-prepare`` run over a WORK folder: its settings and their fingerprint, the state file
 ``prepare.json``, the stage runner (skip what is done, stage outputs, record counts) and the order of the
-stages (:mod:`.stages` holds what each one does)."""
+stages (:mod:`.stages` holds what each one does).
+
+A config may name several test sets (``test=MAIN,EXTRA,...``).  The main one is the split ``test``; each
+extra one is prepared by its own stages as fairseq subset ``test1``, ``test2``, ... (its position in the
+list) and binarised with the rest; one that is neither in the input folders nor downloadable is reported,
+recorded missing in ``prepare.json`` (``test_sets``) and left out, and the run goes on.
+"""
 
 import hashlib
 import json
@@ -12,14 +18,18 @@ from typing import Callable, Dict, Iterable, List, Optional
 from ..files import write_json
 from . import stages
 from .config import BPE_SETTINGS, QUICK_EVAL_LINES, SPLITS, PrepareError, TaskConfig
-from .download import download_multi30k, download_wmt14, find_split_files
+from .download import DownloadFailed, download_multi30k, download_wmt14, find_split_files, multi30k_missing
 from .staged import StagedFiles
 from .text import nonempty, read_parallel
 from .tokenise import JIEBA_LANGS, tokenizer_description
 
 
 def prepare_settings(cfg: TaskConfig, quick: bool) -> Dict:
-    """Everything the outputs depend on, as recorded in ``prepare.json`` (its hash: the fingerprint)."""
+    """Everything the outputs depend on, as recorded in ``prepare.json`` (its hash: the fingerprint).
+
+    The extra test sets are not in it: nothing is learned from them, so adding one to a prepared WORK
+    prepares just that set (and binarises again) instead of refusing the WORK.
+    """
     return {
         "task": cfg.task,
         "src": cfg.src,
@@ -87,6 +97,8 @@ class Preparation:
         self.state_path = self.work / "prepare.json"
         self.settings = prepare_settings(cfg, quick)
         self.state = load_state(self.work, self.settings)
+        self.extra: List[str] = []  # the extra test sets' subsets (test1, ...) prepared in this run
+        self.missing: Dict[str, Dict] = {}  # subset -> {"name": stem, "reason": why} of the missing ones
 
     # -- helpers for the stages
 
@@ -122,9 +134,16 @@ class Preparation:
 
     # -- outputs of the stages
 
-    def split_files(self, folder: str) -> List[Path]:
-        """``WORK/folder/{train,valid,test}.{SRC,TGT}``."""
-        return [self.path(folder, f"{s}.{lang}") for s in SPLITS for lang in self.langs()]
+    def split_files(self, folder: str, splits: Iterable[str] = SPLITS) -> List[Path]:
+        """``WORK/folder/{split}.{SRC,TGT}`` for ``splits`` (default: train, valid, test)."""
+        return [self.path(folder, f"{s}.{lang}") for s in splits for lang in self.langs()]
+
+    def test_set_raw_outputs(self, subset: str) -> List[Path]:
+        """``raw/{subset}.{SRC,TGT}`` of an extra test set, extra references included once recorded."""
+        refs = self.state["stages"].get(f"raw/{subset}", {}).get("references", 1)
+        return self.split_files("raw", [subset]) + [
+            self.path("raw", f"{subset}.{self.cfg.tgt}.ref{i}") for i in range(1, refs)
+        ]
 
     def raw_outputs(self) -> List[Path]:
         """The files of ``raw/``, extra references included once the raw stage recorded them."""
@@ -146,7 +165,7 @@ class Preparation:
         """The dictionaries and ``.bin``/``.idx`` files fairseq-preprocess writes into ``NAME/bin``."""
         c, d = self.cfg, self.path(name, "bin")
         outs = [d / f"dict.{c.src}.txt", d / f"dict.{c.tgt}.txt"]
-        for split in SPLITS:
+        for split in [*SPLITS, *self.extra]:
             for lang in self.langs():
                 outs += [d / f"{split}.{c.src}-{c.tgt}.{lang}.{ext}" for ext in ("bin", "idx")]
         return outs
@@ -183,6 +202,8 @@ class Preparation:
         jieba = ", jieba" if set(JIEBA_LANGS) & set(self.langs()) else ""
         title = f"tokenise (sacremoses{jieba}; {self.workers} workers) -> tok/"
         self.stage("tok", title, self.split_files("tok"), ["raw"], lambda staged: stages.tokenise(self, staged))
+        for subset, stem in list(c.test_subsets().items())[1:]:
+            self.run_test_set(subset, stem)
         for name in BPE_SETTINGS:
             self.run_bpe(name)
         stages.summarise(self)
@@ -196,8 +217,8 @@ class Preparation:
         if self.done("raw", self.raw_outputs()):
             self.log("raw text: done (skipped)")
             return self.state["stages"]["raw"]
-        folder = self.resolve_data()
-        sources = {split: find_split_files(folder, split, stem, c.src, c.tgt) for split, stem in c.splits.items()}
+        folders = self.resolve_data()
+        sources = {split: find_split_files(folders, split, stem, c.src, c.tgt) for split, stem in c.splits.items()}
         inputs = {p.name: os.path.getsize(p) for srcf, refs in sources.values() for p in [srcf, *refs]}
         if "inputs" in self.state and self.state["inputs"] != inputs:
             raise PrepareError(
@@ -205,10 +226,55 @@ class Preparation:
                 f"{inputs}): use another --work, or delete {self.work} to prepare it again"
             )
         self.state["inputs"] = inputs
-        title = f"raw text: check and remove empty pairs ({folder}) -> raw/"
+        title = f"raw text: check and remove empty pairs ({folders[0]}) -> raw/"
         return self.stage(
-            "raw", title, self.raw_outputs(), [], lambda staged: stages.write_raw(self, staged, folder, sources)
+            "raw", title, self.raw_outputs(), [], lambda staged: stages.write_raw(self, staged, folders[0], sources)
         )
+
+    def run_test_set(self, subset: str, stem: str):
+        """Extra test set ``stem`` as subset ``subset``: found (or downloaded), checked -> ``raw/SUBSET.*``,
+        tokenised -> ``tok/SUBSET.*``, and added to :attr:`extra`; when it cannot be had, a warning naming it,
+        the folders searched, the files tried and the download error, and an entry in :attr:`missing`."""
+        key = f"raw/{subset}"
+        if self.state["stages"].get(key, {}).get("name", stem) != stem:  # another set at this position now
+            del self.state["stages"][key]
+        sources = None
+        if not self.done(key, self.test_set_raw_outputs(subset)):
+            try:
+                sources = self.find_test_set(stem)
+            except DownloadFailed as e:
+                self.missing[subset] = {"name": stem, "reason": str(e)}
+                self.log(
+                    f"WARNING: test set {stem} ({subset}) is missing: {e}. Going on without it (prepare.json and "
+                    "the results table record it as missing)"
+                )
+                return
+        title = f"test set {stem}: check and remove empty pairs -> raw/{subset}.*"
+        outputs = self.test_set_raw_outputs(subset)
+        self.stage(key, title, outputs, [], lambda staged: stages.write_test_set(self, staged, subset, stem, sources))
+        title = f"test set {stem}: tokenise -> tok/{subset}.*"
+        tok = self.split_files("tok", [subset])
+        self.stage(f"tok/{subset}", title, tok, [key], lambda staged: stages.tokenise(self, staged, [subset]))
+        self.extra.append(subset)
+
+    def find_test_set(self, stem: str):
+        """``(source, [references])`` of extra test set ``stem`` in :meth:`search_folders`, else (Multi30k)
+        downloaded into WORK/download.  Raises :class:`DownloadFailed` naming the folders searched, the files
+        tried and why they could not be fetched; a damaged download raises :class:`PrepareError`."""
+        c, folders = self.cfg, self.search_folders()
+        try:
+            return find_split_files(folders, "test", stem, c.src, c.tgt)
+        except PrepareError:
+            pass
+        where = ", ".join(str(f) for f in folders) or "no local folder (DATA is not a folder and --data was not given)"
+        tried = f"{stem}.{c.src} and {stem}.{c.tgt} (plain or .gz)"
+        if c.download != "multi30k":
+            raise DownloadFailed(f"{tried} not found in {where}, and DOWNLOAD={c.download} cannot fetch single files")
+        try:
+            download_multi30k(c, self.path("download"), self.out, stems=[stem], present=folders)
+        except DownloadFailed as e:
+            raise DownloadFailed(f"{tried} not found in {where}; {e}") from e
+        return find_split_files(self.search_folders(), "test", stem, c.src, c.tgt)
 
     def run_bpe(self, name: str):
         """BPE setting ``name``: learn the codes, apply them (and the length filter), binarise."""
@@ -228,40 +294,68 @@ class Preparation:
             ["tok", f"{name}/codes"],
             lambda staged: stages.apply_bpe(self, staged, name),
         )
+        for subset in self.extra:
+            self.stage(
+                f"{name}/apply/{subset}",
+                f"{name}: apply BPE to test set {c.test_subsets()[subset]} -> {name}/{subset}.*",
+                self.split_files(name, [subset]),
+                [f"tok/{subset}", f"{name}/codes"],
+                lambda staged, s=subset: stages.apply_bpe(self, staged, name, [s]),
+            )
         self.stage(
             f"{name}/bin",
             f"{name}: binarise (fairseq-preprocess) -> {name}/bin",
             self.bin_outputs(name),
-            [f"{name}/apply"],
+            [f"{name}/apply"] + [f"{name}/apply/{s}" for s in self.extra],
             lambda staged: stages.binarise(self, staged, name),
         )
 
-    def resolve_data(self) -> Path:
-        """The folder to read: --data, the config's DATA, or a download into WORK/download."""
+    def search_folders(self) -> List[Path]:
+        """Where input files are looked for, in order: --data (else the config's DATA) when it is a folder,
+        then WORK/download when there is one (what this or an earlier run downloaded)."""
+        local = self.data_arg if self.data_arg is not None else self.cfg.data
+        folders = [local] if local is not None and local.is_dir() else []
+        dest = self.path("download")
+        return folders + [dest] if dest.is_dir() and dest not in folders else folders
+
+    def resolve_data(self) -> List[Path]:
+        """The folders to read train, valid and the main test set from (:meth:`search_folders`), once what
+        they lack is downloaded into WORK/download: Multi30k file by file, WMT14 whole when there is no local
+        folder.  A missing --data, or input that is neither local nor downloadable, raises."""
         c = self.cfg
         layout = "\n".join(c.comments)
-        if self.data_arg is not None:
-            if not self.data_arg.is_dir():
-                raise PrepareError(f"--data {self.data_arg}: no such folder; the config {c.path} says:\n{layout}")
-            return self.data_arg
-        if c.data is not None and c.data.is_dir():
-            return c.data
+        if self.data_arg is not None and not self.data_arg.is_dir():
+            raise PrepareError(f"--data {self.data_arg}: no such folder; the config {c.path} says:\n{layout}")
+        local_dir = self.data_arg if self.data_arg is not None else c.data
+        local = [local_dir] if local_dir is not None and local_dir.is_dir() else []
         why = f"the data folder {c.data} is missing" if c.data is not None else f"DATA is empty in {c.path}"
+        dest = self.path("download")
+        if c.download == "multi30k":
+            missing = multi30k_missing(c, c.splits.values(), [*local, dest])
+            if missing:
+                why = f"{', '.join(missing)} not in {local[0]}" if local else why
+                title, files = f"download ({c.download}; {why}) -> {dest}", [dest / n for n in missing]
+                try:
+                    self.stage(
+                        "download", title, files, [], lambda st: download_multi30k(c, dest, self.out, present=local)
+                    )
+                except DownloadFailed as e:
+                    raise DownloadFailed(f"{why}; {e}") from e
+            return self.search_folders()
+        if local:
+            return local
         if c.download == "none":
             splits = " ".join(f"{k}={v}" for k, v in c.splits.items())
             raise PrepareError(
                 f"{why} and {c.task} cannot be downloaded: pass --data DIR. Expected layout "
                 f"(SPLITS={splits}; from {c.path}):\n{layout}"
             )
-        dest = self.path("download")
-        fetcher = download_multi30k if c.download == "multi30k" else download_wmt14
-        suffix = ".gz" if c.download == "multi30k" else ""
-        files = [dest / f"{stem}.{lang}{suffix}" for stem in c.splits.values() for lang in self.langs()]
+        files = [dest / f"{stem}.{lang}" for stem in c.splits.values() for lang in self.langs()]
         self.stage(
             "download",
             f"download ({c.download}; {why}) -> {dest}",
             files,
             [],
-            lambda staged: fetcher(c, dest, self.out),
+            lambda st: download_wmt14(c, dest, self.out),
         )
-        return dest
+        return [dest]

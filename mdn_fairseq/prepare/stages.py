@@ -6,11 +6,13 @@ recorded in ``prepare.json``.  Bad input raises :class:`~mdn_fairseq.prepare.con
 """
 
 import io
+import os
 import subprocess
 import sys
 from collections import Counter
 from itertools import islice
-from typing import Dict
+from pathlib import Path
+from typing import Dict, List, Sequence
 
 from .config import BPE_SETTINGS, SPLITS, PrepareError
 from .download import read_sha256sums, verify_sha256
@@ -20,19 +22,39 @@ from .tokenise import JIEBA_LANGS, ChunkMapper, load_jieba
 BLOCK = 10000  # pairs read and written at a time
 
 
+def verify_listed(files: Sequence[Path]) -> None:
+    """Check each file against the ``SHA256SUMS`` of its folder, when there is one that lists it; a
+    mismatch raises :class:`PrepareError` naming the file and the list."""
+    lists = {}
+    for f in files:
+        sums_file = f.parent / "SHA256SUMS"
+        if sums_file not in lists:
+            lists[sums_file] = read_sha256sums(sums_file) if sums_file.is_file() else {}
+        if f.name in lists[sums_file]:
+            verify_sha256(f, lists[sums_file][f.name], sums_file)
+
+
 def write_raw(p, staged, folder, sources) -> Dict:
-    """``raw/``: every split checked (UTF-8, line counts, SHA256SUMS of ``folder`` when there) with its
-    empty pairs removed and stray line breaks replaced.  ``sources``: ``{split: (src_file, [ref_files])}``."""
-    sums_file = folder / "SHA256SUMS"
-    sums = read_sha256sums(sums_file) if sums_file.is_file() else {}
+    """``raw/``: every split checked (UTF-8, line counts, the SHA256SUMS of the file's folder when there)
+    with its empty pairs removed and stray line breaks replaced.  ``sources``: ``{split: (src_file,
+    [ref_files])}``; ``folder``: the input folder, as recorded."""
     record = {"data": str(folder), "splits": {}}
     for split in SPLITS:
         src_file, ref_files = sources[split]
-        for f in [src_file, *ref_files]:
-            if f.name in sums:
-                verify_sha256(f, sums[f.name], sums_file)
+        verify_listed([src_file, *ref_files])
         record["splits"][split] = _raw_split(p, staged, split, [src_file, *ref_files])
     return record
+
+
+def write_test_set(p, staged, subset: str, name: str, sources) -> Dict:
+    """``raw/SUBSET.*``: extra test set ``name`` checked and cleaned as :func:`write_raw` does;
+    ``sources``: ``(src_file, [ref_files])``.  Returns its counts with its name and input files."""
+    src_file, ref_files = sources
+    files = [src_file, *ref_files]
+    verify_listed(files)
+    record = _raw_split(p, staged, subset, files)
+    inputs = {str(f): os.path.getsize(f) for f in files}
+    return {"name": name, "data": str(Path(src_file).parent), "inputs": inputs, **record}
 
 
 def _raw_split(p, staged, split: str, files) -> Dict:
@@ -56,13 +78,14 @@ def _raw_split(p, staged, split: str, files) -> Dict:
     return {"read": read, "empty_removed": removed, "pairs": read - removed, "references": len(files) - 1}
 
 
-def tokenise(p, staged) -> Dict:
-    """``tok/``: the raw pairs Moses-tokenised (jieba first for Chinese) on ``p.workers`` processes."""
+def tokenise(p, staged, splits: Sequence[str] = SPLITS) -> Dict:
+    """``tok/SPLIT.*``: the raw pairs of ``splits`` Moses-tokenised (jieba first for Chinese) on ``p.workers``
+    processes."""
     if set(JIEBA_LANGS) & set(p.langs()):
         load_jieba()  # once here, not in every worker
     lines = {}
     with ChunkMapper(p.workers) as mapper:
-        for split in SPLITS:
+        for split in splits:
             outs = [staged.open(p.path("tok", f"{split}.{lang}")) for lang in p.langs()]
             n = 0
             for s, t in mapper.map("tok", p.langs(), p.read_pairs("raw", split)):
@@ -97,13 +120,14 @@ def learn_codes(p, staged, name: str) -> Dict:
     return record
 
 
-def apply_bpe(p, staged, name: str) -> Dict:
-    """``NAME/{split}.{SRC,TGT}``: the tokenised pairs in subwords; training pairs length-filtered (subwords
-    for MAX_LEN, the words before BPE for MAX_RATIO).  A filter that removes every pair raises."""
+def apply_bpe(p, staged, name: str, splits: Sequence[str] = SPLITS) -> Dict:
+    """``NAME/{split}.{SRC,TGT}`` for ``splits``: the tokenised pairs in subwords; training pairs
+    length-filtered (subwords for MAX_LEN, the words before BPE for MAX_RATIO).  A filter that removes every
+    pair raises."""
     codes = p.codes_files(name)
     record = {}
     with ChunkMapper(p.workers) as mapper:
-        for split in SPLITS:
+        for split in splits:
             outs = [staged.open(p.path(name, f"{split}.{lang}")) for lang in p.langs()]
             bpe_pairs = mapper.map("bpe", tuple(str(codes[lang]) for lang in p.langs()), p.read_pairs("tok", split))
             record[split] = stats = _apply_split(p, split, bpe_pairs, outs)
@@ -134,15 +158,17 @@ def _apply_split(p, split: str, bpe_pairs, outs) -> Dict:
 
 
 def binarise(p, staged, name: str) -> Dict:
-    """``NAME/bin``: fairseq-preprocess of ``NAME/{split}.*`` (its output in ``NAME/preprocess.log``);
-    records the vocabulary sizes.  A failing fairseq-preprocess raises with the end of its log."""
+    """``NAME/bin``: fairseq-preprocess of ``NAME/{split}.*`` (its output in ``NAME/preprocess.log``), the
+    extra test sets ``p.extra`` with the main one (``--testpref test,test1,...``); records the vocabulary
+    sizes and the test subsets.  A failing fairseq-preprocess raises with the end of its log."""
     c = p.cfg
     prefix = p.path(name)
     tmp = staged.directory(p.path(name, "bin"))
     log_path = p.path(name, "preprocess.log")
     cmd = [sys.executable, "-m", "fairseq_cli.preprocess", "--source-lang", c.src, "--target-lang", c.tgt]
+    tests = ["test", *p.extra]
     for split in SPLITS:
-        cmd += [f"--{split}pref", str(prefix / split)]
+        cmd += [f"--{split}pref", ",".join(str(prefix / s) for s in tests) if split == "test" else str(prefix / split)]
     cmd += ["--destdir", str(tmp), "--workers", str(p.workers)]
     with open(log_path, "w", encoding="utf-8") as log:
         log.write(" ".join(cmd) + "\n")
@@ -153,8 +179,21 @@ def binarise(p, staged, name: str) -> Dict:
         raise PrepareError(
             f"fairseq-preprocess failed for {name} (exit code {rc}); full log: {log_path}; its end:\n{tail}"
         )
+    _positional_subsets(Path(tmp), tests, c.src, c.tgt)
     vocab = {lang: count_lines(tmp / f"dict.{lang}.txt") + 4 for lang in p.langs()}  # + bos/pad/eos/unk
-    return {"vocab": vocab}
+    return {"vocab": vocab, "test_subsets": tests}
+
+
+def _positional_subsets(folder: Path, subsets: List[str], src: str, tgt: str) -> None:
+    """fairseq-preprocess names the test prefixes test, test1, test2, ... in order; when a set before one is
+    missing, rename its files to the subset of its position in the config (``subsets``), highest first."""
+    for k in reversed(range(1, len(subsets))):
+        if subsets[k] != f"test{k}":
+            for lang in (src, tgt):
+                for ext in ("bin", "idx"):
+                    os.replace(
+                        folder / f"test{k}.{src}-{tgt}.{lang}.{ext}", folder / f"{subsets[k]}.{src}-{tgt}.{lang}.{ext}"
+                    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,43 +201,62 @@ def binarise(p, staged, name: str) -> Dict:
 
 
 def summarise(p) -> Dict:
-    """Write the counts of every stage into ``prepare.json`` (splits, bpe) and print them; returns the state."""
+    """Write the counts of every stage into ``prepare.json`` (splits, test_sets, bpe) and print them; returns
+    the state.  ``test_sets``: ``[{"subset": "test", "name": STEM, "missing": False, "pairs": n, ...},
+    {"subset": "test1", "name": STEM, "missing": True, "reason": why}, ...]`` in the config's order."""
     st = p.state["stages"]
-    splits = {}
-    for split in SPLITS:
-        r = st["raw"]["splits"][split]
-        splits[split] = {
-            "lines_read": r["read"],
-            "empty_removed": r["empty_removed"],
-            "pairs": r["pairs"],
-            "references": r["references"],
-        }
+    splits = {split: _counts(st["raw"]["splits"][split]) for split in SPLITS}
+    test_sets = []
+    for subset, stem in p.cfg.test_subsets().items():
+        if subset in p.missing:
+            test_sets.append({"subset": subset, "name": stem, "missing": True, "reason": p.missing[subset]["reason"]})
+        else:
+            counts = splits["test"] if subset == "test" else _counts(st[f"raw/{subset}"])
+            test_sets.append({"subset": subset, "name": stem, "missing": False, **counts})
     bpe = {}
     for name in BPE_SETTINGS:
+        pairs = {s: st[f"{name}/apply"][s]["kept"] for s in SPLITS}
+        pairs.update({s: st[f"{name}/apply/{s}"][s]["kept"] for s in p.extra})
         bpe[name] = {
             "joint": st[f"{name}/codes"]["joint"],
             "merges": st[f"{name}/codes"]["merges"],
             "filter": {"train": st[f"{name}/apply"]["train"]},
-            "pairs": {s: st[f"{name}/apply"][s]["kept"] for s in SPLITS},
+            "pairs": pairs,
             "vocab": st[f"{name}/bin"]["vocab"],
             "bin": str(p.path(name, "bin")),
         }
-    p.state.update(task=p.cfg.task, src=p.cfg.src, tgt=p.cfg.tgt, quick=p.quick, splits=splits, bpe=bpe)
+    p.state.update(
+        task=p.cfg.task, src=p.cfg.src, tgt=p.cfg.tgt, quick=p.quick, splits=splits, test_sets=test_sets, bpe=bpe
+    )
     p.save_state()
     p.log(f"summary ({p.state_path})")
-    for line in summary_lines(splits, bpe):
+    for line in summary_lines(splits, bpe, test_sets):
         p.out(line)
     return p.state
 
 
-def summary_lines(splits: Dict, bpe: Dict):
-    """The printed summary: one line per split (pairs read, removed) and one per BPE setting."""
+def _counts(record: Dict) -> Dict:
+    keys = (
+        ("lines_read", "read"),
+        ("empty_removed", "empty_removed"),
+        ("pairs", "pairs"),
+        ("references", "references"),
+    )
+    return {ours: record[theirs] for ours, theirs in keys}
+
+
+def _split_line(label: str, s: Dict) -> str:
+    line = f"   {label}: {s['lines_read']} pairs read, {s['empty_removed']} empty removed"
+    return line + (f", {s['references']} references" if s["references"] > 1 else "")
+
+
+def summary_lines(splits: Dict, bpe: Dict, test_sets: Sequence[Dict] = ()):
+    """The printed summary: one line per split (pairs read, removed), per extra or missing test set (when
+    ``test_sets`` has more than one) and per BPE setting."""
     lines = []
+    several = len(test_sets) > 1
     for split in SPLITS:
-        s = splits[split]
-        line = f"   {split}: {s['lines_read']} pairs read, {s['empty_removed']} empty removed"
-        if s["references"] > 1:
-            line += f", {s['references']} references"
+        line = _split_line(f"test ({test_sets[0]['name']})" if several and split == "test" else split, splits[split])
         if split == "train":
             for name in BPE_SETTINGS:
                 f = bpe[name]["filter"]["train"]
@@ -206,6 +264,9 @@ def summary_lines(splits: Dict, bpe: Dict):
                 line += f", {f['too_short']} empty" if f["too_short"] else ""
                 line += " removed"
         lines.append(line)
+    for t in test_sets[1:]:
+        label = f"{t['subset']} ({t['name']})"
+        lines.append(f"   {label}: MISSING ({t['reason']})" if t["missing"] else _split_line(label, t))
     for name in BPE_SETTINGS:
         b = bpe[name]
         merges = ", ".join(

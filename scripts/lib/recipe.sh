@@ -33,9 +33,10 @@ source "$CFG"
 if [ $QUICK = 1 ]; then
   WORK=${WORK:-$REPO/work/$TASK-quick}; RESULTS=${RESULTS:-$WORK/results}
   MAX_EPOCH=1 STUDENT_MAX_EPOCH=1 SEQKD_MAX_EPOCH=1 MAX_UPDATE=$QUICK_MAX_UPDATE WARMUP=10 REPEATS=1 BENCH_LINES=64
+  GEN_LEN=(--max-len-a 1.2 --max-len-b 10)  # models this barely trained never end a sentence: not 200 tokens each
 else
   WORK=${WORK:-$REPO/work/$TASK}; RESULTS=${RESULTS:-$REPO/results/$TASK}
-  MAX_UPDATE=0 REPEATS=3 BENCH_LINES=0
+  MAX_UPDATE=0 REPEATS=3 BENCH_LINES=0 GEN_LEN=()
 fi
 GPU=$(python -c "import torch; print(torch.cuda.device_count())")
 # --world-size N > 1: fairseq's distributed data parallel.  With GPUs fairseq spawns one process per GPU.
@@ -111,20 +112,32 @@ average() {  # average NAME: the mean of the last 5 epoch checkpoints
   fi
 }
 
-evaluate() {  # evaluate NAME DATA-BIN RAW-DIR
-  local name=$1 data=$2 raw=$3 dir=$WORK/$1 split refs
+# evaluate NAME DATA-BIN RAW-DIR: the averaged model on valid and on every test set mdn-prepare prepared
+# (RAW-DIR/../prepare.json: subsets test, test1, ...), beam 4: WORK/NAME/generate.SUBSET.txt, scores.SUBSET.json
+# (a set recorded missing is skipped with a note; the results table marks it); then the model folder
+evaluate() {
+  local name=$1 data=$2 raw=$3 dir=$WORK/$1 listing split setname state i refs
+  local subsets=(valid) labels=(valid)
   average "$name"
-  for split in valid test; do
-    fresh "$dir/scores.$split.json" "$dir/checkpoint_avg.pt" && continue
+  listing=$(mdn-report test-sets --prepared "$(dirname "$raw")") || die "cannot list the test sets (see above)"
+  while read -r split setname state; do
+    if [ "$state" = present ]; then subsets+=("$split") labels+=("$split ($setname)")
+    else echo "   $name $split ($setname): missing (not prepared, see $(dirname "$raw")/prepare.json)"; fi
+  done <<< "$listing"
+  for i in "${!subsets[@]}"; do
+    split=${subsets[$i]}
+    # scores newer than the model and the binarised subset (a test set prepared again is scored again)
+    fresh "$dir/scores.$split.json" "$dir/checkpoint_avg.pt" \
+      && fresh "$dir/scores.$split.json" "$data/$split.$SRC-$TGT.$SRC.bin" && continue
     fairseq-generate "$data" --user-dir "$REPO/mdn_fairseq" --task translation_mdn --path "$dir/checkpoint_avg.pt" \
       --gen-subset "$split" \
       --source-lang "$SRC" --target-lang "$TGT" --beam 4 --batch-size 64 --lenpen 0.6 \
-      --required-batch-size-multiple 1 --remove-bpe $([ "$GPU" -gt 0 ] && echo --fp16 || echo --cpu) \
-      > "$dir/generate.$split.txt" 2> "$dir/generate.$split.err" \
+      --required-batch-size-multiple 1 "${GEN_LEN[@]}" --remove-bpe $([ "$GPU" -gt 0 ] && echo --fp16 || echo --cpu) \
+      > "$dir/generate.$split.txt" 2> "$dir/generate.$split.err" < /dev/null \
       || { tail -n 20 "$dir/generate.$split.err" >&2; die "fairseq-generate failed for $name ($split)"; }
     refs=(--ref "$raw/$split.$TGT")
     for r in "$raw/$split.$TGT".ref*; do [ -e "$r" ] && refs+=(--ref "$r"); done
-    echo -n "   $name $split: "
+    echo -n "   $name ${labels[$i]}: "
     mdn-report score --generate "$dir/generate.$split.txt" "${refs[@]}" --lang "$TGT" \
       --out "$dir/scores.$split.json" --detok-out "$dir/hyp.$split.detok.$TGT"
   done

@@ -1,140 +1,27 @@
-"""The recipe's bookkeeping as a library: training state of a checkpoint, BLEU of a translation, the
-results tables of ``scripts/reproduce.sh`` (the paper's Table 4; with ``--peers`` also the AAN, SAN and CAN rows
-and Table 7, the tricks on AAN and CAN) and ``scripts/training_strategies.sh`` (Table 3).  The ``mdn-report`` CLI (:mod:`mdn_fairseq.cli.report`) is a thin layer over it.
+"""The results tables of ``scripts/reproduce.sh`` (the paper's Table 4; with ``--peers`` also the AAN, SAN
+and CAN rows and Table 7, the tricks on AAN and CAN) and ``scripts/training_strategies.sh`` (Table 3), from
+what the recipe's stages wrote into a work folder.
 
-BLEU: :func:`score` reads ``fairseq-generate`` output (``--remove-bpe``, no ``--tokenizer``): the
-case-sensitive tokenised BLEU that fairseq prints (what the paper reports), and sacreBLEU of the
-Moses-detokenised hypotheses against the untokenised references, with its signature.
+Every test set of the work folder (:func:`~.scores.test_sets`) gets a BLEU and a sacreBLEU column, named
+by the set; a set that could not be prepared is in the table too, its cells ``missing`` and a note under the
+table saying why.
 """
 
-import json
 import os
-import re
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .checkpoint import load_checkpoint
-from .errors import MDNError
+from .scores import ReportError, _load_json, count_params, read_scores, test_sets, training_state
 
 ROWS = (("baseline", "Baseline"), ("bpe10k", "+ BPE 10K"), ("mdn", "MDN"))
+PEER_ROWS = (("aan", "AAN", "AAN"), ("san", "SAN", "SAN"), ("can", "CAN", "CAN"))  # key, System, config prefix
+OURS_ROWS = (("aan_mdn", "AAN + Ours", "aan"), ("can_mdn", "CAN + Ours", "can"))  # key, System, its peer's key
+MISSING = "missing"
 
 
-class ReportError(MDNError):
-    """A missing or malformed input; the message names it."""
-
-
-# ------------------------------------------------------------------------------------------------
-# training state
-
-
-def training_state(path: str) -> Tuple[int, int]:
-    """(epochs finished, updates) recorded in a fairseq checkpoint."""
-    state = load_checkpoint(path)
-    extra = state.get("extra_state") or {}
-    itr = extra.get("train_iterator") or {}
-    # fairseq stores the epoch in progress, or the next one (0 iterations in) once an epoch has ended
-    finished = int(itr.get("epoch", 1)) - 1
-    history = state.get("optimizer_history") or [{}]
-    return finished, int(history[-1].get("num_updates", 0))
-
-
-def training_done(path: str, max_epoch: int, max_update: int = 0) -> bool:
-    """Whether ``fairseq-train --max-epoch max_epoch [--max-update max_update]`` has nothing left to do."""
-    if not os.path.isfile(path):
-        return False
-    epochs, updates = training_state(path)
-    return epochs >= max_epoch or (max_update > 0 and updates >= max_update)
-
-
-def count_params(path: str) -> int:
-    model = load_checkpoint(path)["model"]
-    return sum(v.numel() for k, v in model.items() if k.endswith(("weight", "bias")) and "_float_tensor" not in k)
-
-
-# ------------------------------------------------------------------------------------------------
-# BLEU
-
-
-_BLEU_LINE = re.compile(r"BLEU4? = ([0-9.]+)")
-
-
-def parse_generate(path: str) -> Tuple[List[str], Optional[float]]:
-    """Hypotheses (``D-`` lines, in sentence order) and the BLEU fairseq-generate printed (or None)."""
-    if not os.path.isfile(path):
-        raise ReportError(f"{path}: no such fairseq-generate output")
-    hyps: Dict[int, str] = {}
-    bleu = None
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("D-"):
-                head, _score, text = (line.rstrip("\n").split("\t") + ["", ""])[:3]
-                hyps[int(head[2:])] = text
-            elif "Generate" in line and "BLEU" in line:
-                m = _BLEU_LINE.search(line)
-                bleu = float(m.group(1)) if m else None
-    if not hyps:
-        raise ReportError(f"{path}: no hypotheses (D- lines); did fairseq-generate fail? see its .err file")
-    ids = sorted(hyps)
-    if ids != list(range(len(ids))):
-        missing = sorted(set(range(ids[-1] + 1)) - set(ids))[:5]
-        raise ReportError(
-            f"{path}: hypotheses missing for sentences {missing}...: fairseq-generate dropped them; generate with "
-            "--task translation_mdn (it keeps every sentence) or pass --required-batch-size-multiple 1 "
-            "(fairseq's own tasks drop a last partial batch)"
-        )
-    return [hyps[i] for i in ids], bleu
-
-
-def read_lines(path: str) -> List[str]:
-    if not os.path.isfile(path):
-        raise ReportError(f"{path}: no such reference file")
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
-
-
-def sacrebleu_score(hyps_tok: Sequence[str], refs: Sequence[Sequence[str]], lang: str) -> Dict:
-    """sacreBLEU of Moses-detokenised ``hyps_tok`` against untokenised ``refs`` (one list per reference)."""
-    import sacrebleu
-    from sacremoses import MosesDetokenizer
-
-    for i, ref in enumerate(refs):
-        if len(ref) != len(hyps_tok):
-            raise ReportError(f"reference {i} has {len(ref)} lines for {len(hyps_tok)} hypotheses")
-    detok = MosesDetokenizer(lang=lang)
-    hyps = [detok.detokenize(h.split()) for h in hyps_tok]
-    metric = sacrebleu.metrics.BLEU()
-    result = metric.corpus_score(hyps, [list(r) for r in refs])
-    return {"score": round(result.score, 2), "signature": str(metric.get_signature()), "detokenised": hyps}
-
-
-def score(generate_path: str, ref_paths: Sequence[str], lang: str) -> Dict:
-    hyps, bleu = parse_generate(generate_path)
-    sacre = sacrebleu_score(hyps, [read_lines(p) for p in ref_paths], lang)
-    return {
-        "sentences": len(hyps),
-        "tok_bleu": bleu,
-        "sacrebleu": sacre["score"],
-        "sacrebleu_signature": sacre["signature"],
-        "references": list(ref_paths),
-        "detokenised": sacre["detokenised"],
-    }
-
-
-# ------------------------------------------------------------------------------------------------
-# results table
-
-
-def _load_json(path: str) -> Optional[Dict]:
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def read_config(path: str) -> Dict[str, str]:
-    from .prepare import read_config as _read
-
-    return _read(path)
+def fmt(x, digits=2):
+    """``x`` with ``digits`` decimals, ``–`` for None."""
+    return "–" if x is None else f"{x:.{digits}f}"
 
 
 def _speed(bench: Optional[Dict], name: str, generator: str) -> Optional[Dict]:
@@ -146,21 +33,66 @@ def _speed(bench: Optional[Dict], name: str, generator: str) -> Optional[Dict]:
     return None
 
 
-def fmt(x, digits=2):
-    return "–" if x is None else f"{x:.{digits}f}"
+# ------------------------------------------------------------------------------------------------
+# BLEU per test set
 
 
-def data_lines(prepare: Dict) -> List[str]:
+def bleu_fields(scores: Dict[str, Dict], sets: Sequence[Dict]) -> Dict:
+    """A row's BLEU from :func:`~.scores.read_scores`: ``valid_bleu``, ``valid_sacrebleu``, the main test
+    set's ``test_bleu``, ``test_sacrebleu``, ``sacrebleu_signature``, and ``test_sets``: ``{set name:
+    {"subset", "bleu", "sacrebleu"}}`` (``{"subset", "missing": True}`` for a missing set)."""
+    main = scores["test"]
+    row = {
+        "valid_bleu": scores["valid"]["tok_bleu"],
+        "valid_sacrebleu": scores["valid"]["sacrebleu"],
+        "test_bleu": main["tok_bleu"],
+        "test_sacrebleu": main["sacrebleu"],
+        "sacrebleu_signature": main["sacrebleu_signature"],
+        "test_sets": {},
+    }
+    for t in sets:
+        s = None if t["missing"] else scores[t["subset"]]
+        row["test_sets"][t["name"]] = (
+            {"subset": t["subset"], "missing": True}
+            if s is None
+            else {"subset": t["subset"], "bleu": s["tok_bleu"], "sacrebleu": s["sacrebleu"]}
+        )
+    return row
+
+
+def bleu_head(sets: Sequence[Dict]) -> str:
+    """The header cells of the test sets: ``NAME BLEU | NAME sacreBLEU`` per set."""
+    return " | ".join(f"{t['name']} BLEU | {t['name']} sacreBLEU" for t in sets)
+
+
+def bleu_cells(row: Dict, sets: Sequence[Dict]) -> str:
+    """A row's cells under :func:`bleu_head`: BLEU and sacreBLEU per set, ``missing`` for a missing set."""
+    cells = []
+    for t in sets:
+        s = row["test_sets"][t["name"]]
+        cells += [MISSING, MISSING] if s.get("missing") else [fmt(s["bleu"]), fmt(s["sacrebleu"])]
+    return " | ".join(cells)
+
+
+def missing_notes(sets: Sequence[Dict]) -> List[str]:
+    """The note under a table for each missing test set (none when every set is there)."""
+    return [
+        f"*{MISSING}*: test set {t['name']} (subset {t['subset']}) is named in the config but could not be "
+        f"prepared: {t.get('reason', 'see prepare.json')}"
+        for t in sets
+        if t["missing"]
+    ]
+
+
+def data_lines(prepare: Dict, sets: Sequence[Dict] = ()) -> List[str]:
     """What mdn-prepare made of the data (its prepare.json), as markdown lines."""
     splits, bpe = prepare.get("splits") or {}, prepare.get("bpe") or {}
     if not splits or not bpe:
         return []
-    out = [
-        "Data: "
-        + ", ".join(f"{split} {v['pairs']} pairs" for split, v in splits.items())
-        + (" (--quick slice)" if prepare.get("quick") else "")
-        + "."
-    ]
+    counts = [f"{split} {v['pairs']} pairs" for split, v in splits.items() if split != "test" or len(sets) < 2]
+    if len(sets) > 1:
+        counts += [f"{t['name']} {MISSING if t['missing'] else str(t['pairs']) + ' pairs'}" for t in sets]
+    out = ["Data: " + ", ".join(counts) + (" (--quick slice)" if prepare.get("quick") else "") + "."]
     for name, b in bpe.items():
         merges = ", ".join(f"{k} {m['requested']}" for k, m in b["merges"].items())
         vocab = ", ".join(f"{lang} {n}" for lang, n in b["vocab"].items())
@@ -171,19 +103,18 @@ def data_lines(prepare: Dict) -> List[str]:
     return [" ".join(out), ""]
 
 
-def _result_row(work: str, key: str, label: str, bench: Optional[Dict], gpu: Optional[Dict]) -> Dict:
-    """One row of the results table: #params, BLEU (valid/test) and speed (CPU/GPU, both generators)."""
+# ------------------------------------------------------------------------------------------------
+# Table 4
+
+
+def _result_row(work: str, key: str, label: str, bench, gpu, sets: Sequence[Dict]) -> Dict:
+    """One row of the results table: #params, BLEU (valid, each test set) and speed (CPU/GPU, both
+    generators)."""
     ckpt = os.path.join(work, key, "checkpoint_avg.pt")
     if not os.path.isfile(ckpt):
         raise ReportError(f"{ckpt}: missing; run the recipe's training and evaluation stages first")
     row = {"system": label, "key": key, "checkpoint": ckpt, "params": count_params(ckpt)}
-    for split in ("valid", "test"):
-        s = _load_json(os.path.join(work, key, f"scores.{split}.json"))
-        if s is None:
-            raise ReportError(f"{os.path.join(work, key, f'scores.{split}.json')}: missing; run the evaluation")
-        row[f"{split}_bleu"] = s["tok_bleu"]
-        row[f"{split}_sacrebleu"] = s["sacrebleu"]
-        row["sacrebleu_signature"] = s["sacrebleu_signature"]
+    row.update(bleu_fields(read_scores(work, key), sets))
     for device, b in (("cpu", bench), ("gpu", gpu)):
         for gen in ("fairseq", "fast"):
             r = _speed(b, label, gen)
@@ -202,56 +133,73 @@ def _speed_cells(r: Dict, device: str) -> str:
     )
 
 
-def _row_line(r: Dict) -> str:
+def _row_line(r: Dict, sets: Sequence[Dict]) -> str:
     return (
-        f"| {r['system']} | {r['params'] / 1e6:.2f}M | {fmt(r['valid_bleu'])} | {fmt(r['test_bleu'])} | "
-        f"{fmt(r['test_sacrebleu'])} | {_speed_cells(r, 'cpu')} |"
+        f"| {r['system']} | {r['params'] / 1e6:.2f}M | {fmt(r['valid_bleu'])} | {bleu_cells(r, sets)} | "
+        f"{_speed_cells(r, 'cpu')} |"
     )
 
 
-_TABLE_HEAD = [
-    "| System | #params | valid BLEU | test BLEU | test sacreBLEU | CPU sent/s (fairseq) | speedup | "
-    "CPU sent/s (fast) | speedup |",
-    "|---|---|---|---|---|---|---|---|---|",
-]
+def _table_head(sets: Sequence[Dict]) -> List[str]:
+    cells = ["System", "#params", "valid BLEU", bleu_head(sets)]
+    cells += ["CPU sent/s (fairseq)", "speedup", "CPU sent/s (fast)", "speedup"]
+    return ["| " + " | ".join(cells) + " |", "|" + "---|" * (7 + 2 * len(sets))]
+
+
 _GPU_HEAD = ["| System | GPU sent/s (fairseq) | speedup | GPU sent/s (fast) | speedup |", "|---|---|---|---|---|"]
+
+
+def _gap_lines(teacher: Dict, student: Dict, sets: Sequence[Dict]) -> Tuple[List[str], Dict[str, float]]:
+    """The MDN − teacher BLEU per test set (markdown lines, ``{set name: gap}``)."""
+    gaps = {}
+    for t in sets:
+        a, b = teacher["test_sets"][t["name"]], student["test_sets"][t["name"]]
+        if a.get("bleu") is not None and b.get("bleu") is not None:
+            gaps[t["name"]] = round(b["bleu"] - a["bleu"], 2)
+    if not gaps:
+        return [], gaps
+    if len(sets) == 1:
+        return ["", f"MDN − teacher (+ BPE 10K) test BLEU: {next(iter(gaps.values())):+.2f}."], gaps
+    return ["", "MDN − teacher (+ BPE 10K) BLEU: " + ", ".join(f"{k} {v:+.2f}" for k, v in gaps.items()) + "."], gaps
 
 
 def build_table(work: str, config: Dict[str, str], command: str = "", peers: bool = False) -> Tuple[str, Dict]:
     """results.md text and results.json content from a recipe's work folder (``scripts/reproduce.sh``).
 
-    ``peers`` (``reproduce.sh --peers``): the table also has the rows of :data:`PEER_ROWS` (Table 4) and a
-    Table 7 block, :data:`OURS_ROWS` under their peers (results.json: ``rows`` and ``table7``).
-    Raises :class:`ReportError` naming a missing checkpoint or scores file.
+    Columns: valid BLEU, then BLEU and sacreBLEU of every test set (:func:`~.scores.test_sets`; a missing
+    set: ``missing`` cells and a note), then speed.  ``peers`` (``reproduce.sh --peers``): the table also has
+    the rows of :data:`PEER_ROWS` (Table 4) and a Table 7 block, :data:`OURS_ROWS` under their peers
+    (results.json: ``rows`` and ``table7``).  Raises :class:`ReportError` naming a missing checkpoint or
+    scores file.
     """
     prepare = _load_json(os.path.join(work, "data", "prepare.json")) or {}
+    sets = test_sets(work, config)
     bench = _load_json(os.path.join(work, "bench", "cpu.json"))
     gpu = _load_json(os.path.join(work, "bench", "gpu.json"))
     table4 = ROWS + (tuple((k, label) for k, label, _ in PEER_ROWS) if peers else ())
-    rows = [_result_row(work, key, label, bench, gpu) for key, label in table4]
-    teacher, student = rows[1], rows[2]
-    gap = (
-        None
-        if teacher["test_bleu"] is None or student["test_bleu"] is None
-        else round(student["test_bleu"] - teacher["test_bleu"], 2)
-    )
+    rows = [_result_row(work, key, label, bench, gpu, sets) for key, label in table4]
+    gap_lines, gaps = _gap_lines(rows[1], rows[2], sets)
     result = {
         "task": config.get("TASK"),
         "source": config.get("SRC"),
         "target": config.get("TGT"),
         "prepare": prepare,
+        "test_sets": sets,
         "bench_setting": (bench or {}).get("setting"),
         "gpu_bench_setting": (gpu or {}).get("setting"),
         "rows": rows,
-        "mdn_minus_teacher_test_bleu": gap,
+        "mdn_minus_teacher_test_bleu": gaps.get(sets[0]["name"]),
+        "mdn_minus_teacher_bleu": gaps,
         "command": command,
     }
     s, t = config.get("SRC"), config.get("TGT")
     lines = [f"# {config.get('TASK')}: {s}→{t}", ""]
     if command:
         lines += [f"Made by `{command}`.", ""]
-    lines += data_lines(prepare)
-    lines += _TABLE_HEAD + [_row_line(r) for r in rows]
+    lines += data_lines(prepare, sets)
+    lines += _table_head(sets) + [_row_line(r, sets) for r in rows]
+    notes = missing_notes(sets)
+    lines += [""] + notes if notes else []
     if gpu:
         lines += [""] + _GPU_HEAD + [f"| {r['system']} | {_speed_cells(r, 'gpu')} |" for r in rows]
     else:
@@ -271,10 +219,9 @@ def build_table(work: str, config: Dict[str, str], command: str = "", peers: boo
             f"Benchmark setting: {st.get('hardware')}, {st.get('threads')} threads, batch {st.get('batch')}, "
             f"beam {st.get('beam')}, {st.get('sentences')} sentences, {st.get('repeats')} repeats."
         )
-    if gap is not None:
-        lines += ["", f"MDN − teacher (+ BPE 10K) test BLEU: {gap:+.2f}."]
+    lines += gap_lines
     if peers:
-        peer_lines, result["table7"] = _peer_blocks(work, config, rows, bench, gpu)
+        peer_lines, result["table7"] = _peer_blocks(work, config, rows, bench, gpu, sets)
         result["peers"] = {key: _model_text(config, key) for key, _, _ in PEER_ROWS + OURS_ROWS}
         lines += peer_lines
     return "\n".join(lines) + "\n", result
@@ -282,9 +229,6 @@ def build_table(work: str, config: Dict[str, str], command: str = "", peers: boo
 
 # ------------------------------------------------------------------------------------------------
 # --peers: the paper's peers (Table 4) and the tricks on AAN and CAN (Table 7)
-
-PEER_ROWS = (("aan", "AAN", "AAN"), ("san", "SAN", "SAN"), ("can", "CAN", "CAN"))  # key, System, config prefix
-OURS_ROWS = (("aan_mdn", "AAN + Ours", "aan"), ("can_mdn", "CAN + Ours", "can"))  # key, System, its peer's key
 
 
 def _model_text(config: Dict[str, str], key: str) -> str:
@@ -305,11 +249,12 @@ def _ratio(ours: Optional[Dict], peer: Optional[Dict]) -> Optional[float]:
     return statistics.median(a / b for a, b in pairs)
 
 
-def _peer_blocks(work: str, config: Dict[str, str], table4: List[Dict], bench, gpu) -> Tuple[List[str], List[Dict]]:
+def _peer_blocks(work: str, config: Dict[str, str], table4: List[Dict], bench, gpu, sets) -> Tuple[List[str], List]:
     """The markdown after Table 4 with ``--peers`` (what the peer rows are, the Table 7 block, the benchmark's
     notes) and the Table 7 rows: each "+ Ours" row with the speedup over its peer per generator."""
     by_key = {r["key"]: r for r in table4}
     rows = []
+    head = _table_head(sets)
     lines = [
         "",
         "Peers (rows AAN, SAN, CAN): "
@@ -318,11 +263,11 @@ def _peer_blocks(work: str, config: Dict[str, str], table4: List[Dict], bench, g
         "",
         "## Table 7 analogue: the tricks on AAN and CAN",
         "",
-        _TABLE_HEAD[0] + " × its peer (fairseq / fast) |",
-        _TABLE_HEAD[1] + "---|",
+        head[0] + " × its peer (fairseq / fast) |",
+        head[1] + "---|",
     ]
     for key, label, peer in OURS_ROWS:
-        row = _result_row(work, key, label, bench, gpu)
+        row = _result_row(work, key, label, bench, gpu, sets)
         for device, b in (("cpu", bench), ("gpu", gpu)):
             for gen in ("fairseq", "fast"):
                 row[f"{device}_{gen}_over_peer"] = _ratio(_speed(b, label, gen), _speed(b, by_key[peer]["system"], gen))
@@ -330,7 +275,7 @@ def _peer_blocks(work: str, config: Dict[str, str], table4: List[Dict], bench, g
         rows.append(row)
         over = " / ".join(_times(row[f"cpu_{g}_over_peer"]) for g in ("fairseq", "fast"))
         own = " / ".join("1.00×" if _speed(bench, by_key[peer]["system"], g) else "–" for g in ("fairseq", "fast"))
-        lines += [_row_line(by_key[peer]) + f" {own} |", _row_line(row) + f" {over} |"]
+        lines += [_row_line(by_key[peer], sets) + f" {own} |", _row_line(row, sets) + f" {over} |"]
     if gpu:
         lines += [""] + _GPU_HEAD
         for row in rows:
@@ -351,6 +296,9 @@ def _peer_blocks(work: str, config: Dict[str, str], table4: List[Dict], bench, g
     return lines, rows
 
 
+# ------------------------------------------------------------------------------------------------
+# Table 3: training strategies
+
 STRATEGY_ROWS = (
     ("bpe10k", "teacher", "{BASELINE_ARCH}, label smoothing 0.1 (the + BPE 10K row of results.md)"),
     ("scratch", "MDN from scratch", "{STUDENT_ARCH}, random init, NLL"),
@@ -366,7 +314,10 @@ def _updates(work: str, key: str) -> Optional[int]:
 
 
 def build_strategies(work: str, config: Dict[str, str], command: str = "") -> Tuple[str, Dict]:
-    """The paper's Table 3 analogue from a training_strategies.sh work folder."""
+    """The paper's Table 3 analogue from a training_strategies.sh work folder: markdown and the json content
+    (BLEU and sacreBLEU per test set, as :func:`build_table`).  Raises :class:`ReportError` naming a missing
+    checkpoint or scores file."""
+    sets = test_sets(work, config)
     rows = []
     for key, label, training in STRATEGY_ROWS:
         row = {"row": label, "key": key, "training": training.format(**config)}
@@ -375,24 +326,22 @@ def build_strategies(work: str, config: Dict[str, str], command: str = "") -> Tu
             raise ReportError(f"{ckpt}: missing; run scripts/training_strategies.sh first")
         row["params"] = count_params(ckpt)
         row["updates"] = _updates(work, key)
-        for split in ("valid", "test"):
-            sc = _load_json(os.path.join(work, key, f"scores.{split}.json"))
-            if sc is None:
-                raise ReportError(f"{os.path.join(work, key, f'scores.{split}.json')}: missing; run the evaluation")
-            row[f"{split}_bleu"], row[f"{split}_sacrebleu"] = sc["tok_bleu"], sc["sacrebleu"]
+        row.update(bleu_fields(read_scores(work, key), sets))
         rows.append(row)
     lines = [f"# {config.get('TASK')}: training strategies (the paper's Table 3)", ""]
     if command:
         lines += [f"Made by `{command}`.", ""]
     lines += [
-        "| row | training | #params | updates | valid BLEU | test BLEU | test sacreBLEU |",
-        "|---|---|---|---|---|---|---|",
+        f"| row | training | #params | updates | valid BLEU | {bleu_head(sets)} |",
+        "|" + "---|" * (5 + 2 * len(sets)),
     ]
     for r in rows:
         lines.append(
             f"| {r['row']} | {r['training']} | {r['params'] / 1e6:.2f}M | {r['updates']} | "
-            f"{fmt(r['valid_bleu'])} | {fmt(r['test_bleu'])} | {fmt(r['test_sacrebleu'])} |"
+            f"{fmt(r['valid_bleu'])} | {bleu_cells(r, sets)} |"
         )
+    notes = missing_notes(sets)
+    lines += [""] + notes if notes else []
     lines += [
         "",
         "BLEU: averaged last 5 epoch checkpoints, beam 4, batch 64, lenpen 0.6, case-sensitive tokenised "
@@ -404,4 +353,5 @@ def build_strategies(work: str, config: Dict[str, str], command: str = "") -> Tu
             f"The MDN row of results.md is trained as `STUDENT_DATA={config['STUDENT_DATA']}` "
             "(configs/" + str(config.get("TASK")) + ".sh)."
         )
-    return "\n".join(lines) + "\n", {"task": config.get("TASK"), "rows": rows, "command": command}
+    result = {"task": config.get("TASK"), "test_sets": sets, "rows": rows, "command": command}
+    return "\n".join(lines) + "\n", result

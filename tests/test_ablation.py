@@ -1,0 +1,355 @@
+"""scripts/ablation.sh: the rows of Tables 2 and 5 (plan, reuse, up-front checks), the tables and the BPE sweep
+from fake work folders, and the script end to end on a --quick slice."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mdn_fairseq import ablation
+from mdn_fairseq.ablation import sweep
+from mdn_fairseq.errors import MDNError
+from mdn_fairseq.prepare import load_config
+from mdn_fairseq.report import read_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "mdn_fairseq" / "configs" / "multi30k_en_de.sh"
+TABLE2 = ["Baseline", "Shallow decoder", "One head", "No decoder FFN", "Low-rank output"]
+TABLE5 = ["Baseline", "+ merge operations", "+ shallow decoder", "+ pruning heads", "+ dropping FFN",
+          "+ output factorisation", "+ deep configuration", "+ WD", "− decoder dropout", "− label smoothing"]  # fmt: skip
+
+
+def run_ablation(*args, script=REPO / "scripts" / "ablation.sh"):
+    return subprocess.run(["bash", str(script), *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def config():
+    return read_config(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def plan(config):
+    return ablation.build_plan(config, str(CONFIG))
+
+
+# ------------------------------------------------------------------------------------------------
+# the plan: rows, the trainings behind them, checks before any training
+
+
+def test_plan_has_both_tables_and_trains_each_model_once(plan):
+    rows = {(r["table"], r["label"]): r["key"] for r in plan["rows"]}
+    assert [label for t, label in rows if t == 2] == TABLE2 and [label for t, label in rows if t == 5] == TABLE5
+    # the same model is one training: reproduce.sh's three, and Table 5's "+ shallow decoder" is Table 2's
+    assert rows[(2, "Baseline")] == rows[(5, "+ merge operations")] == "bpe10k"
+    assert rows[(5, "Baseline")] == "baseline" and rows[(5, "− label smoothing")] == "mdn"  # STUDENT_DATA=original
+    assert rows[(5, "+ shallow decoder")] == rows[(2, "Shallow decoder")] == "abl2_shallow"
+    keys = [t["key"] for t in plan["trainings"]]
+    assert len(keys) == len(set(keys)) == len(set(rows.values())) == 13
+    owners = {t["key"]: t["owner"] for t in plan["trainings"]}
+    assert {k for k, o in owners.items() if o == "reproduce.sh"} == {"baseline", "bpe10k", "mdn"}
+    wd = {t["key"]: t for t in plan["trainings"] if t["wd"]}
+    assert set(wd) == {"abl5_wd", "abl5_no_dd", "mdn"} and wd["abl5_wd"]["epochs"] == "STUDENT_MAX_EPOCH"
+    # the cumulative model is the student: mdn_tiny's dims, reached from the baseline architecture by the flags
+    deep = ablation.plan.training(plan, "abl5_deep")
+    assert deep.arch == "mdn_transformer_tiny" and deep.smoothing and not deep.wd
+    assert plan["models"]["abl5_deep"] == dict(plan["models"]["mdn"], decoder_dropout=None)
+
+
+def test_plan_lines_for_the_script(plan):
+    lines = [line.split("|") for line in ablation.bash_lines(plan)]
+    assert all(len(f) == 9 for f in lines)
+    by_key = {f[1]: f for f in lines}
+    owner, _, bpe, data, epochs, wd, model, criterion, rows = by_key["abl5_no_dd"]
+    assert (owner, bpe, data, epochs, wd) == ("ablation.sh", "mdn", "mdn", "STUDENT_MAX_EPOCH", "1")
+    assert model.endswith("--output-rank 16 --encoder-layers 4 --decoder-dropout 0")
+    assert criterion == "--criterion label_smoothed_cross_entropy --label-smoothing 0.1"
+    assert by_key["abl2_shallow"][8] == "Table 2 Shallow decoder = Table 5 + shallow decoder"
+
+
+def test_original_plus_distilled_student_data_makes_the_last_row_its_own_training(config):
+    plan = ablation.build_plan(dict(config, STUDENT_DATA="original+distilled"))
+    last = [r for r in plan["rows"] if r["label"] == "− label smoothing"][0]
+    assert last["key"] == "abl5_no_ls"
+    assert ablation.plan.training(plan, "mdn") is None  # not a row any more: the student trains on other data
+    assert ablation.plan.training(plan, "abl5_no_ls").data == "mdn"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"ABLATION_NO_FFN": ""}, "ABLATION_NO_FFN is missing: scripts/ablation.sh needs the model flags"),
+        (
+            {"ABLATION_ONE_HEAD": "--decoder-attention-heads 3 --decoder-attention-dim 16"},
+            "Table 2 'One head': --arch mdn_transformer_tiny --decoder-attention-heads 3 --decoder-attention-dim 16 "
+            "(flags of ABLATION_ONE_HEAD): --decoder-attention-dim (16) must be a positive multiple of "
+            "--decoder-attention-heads (3)",
+        ),
+        ({"ABLATION_LOW_RANK": "--output-rank -1"}, "(flags of ABLATION_LOW_RANK): --output-rank must be 0"),
+        ({"ABLATION_DEEP_ENCODER": "--encoder-layerz 4"}, "unrecognized arguments: --encoder-layerz 4"),
+        # flags that contradict each other only once combined: Table 5 names every variable of the row
+        (
+            {"ABLATION_NO_FFN": "--no-decoder-ffn", "ABLATION_LOW_RANK": "--output-rank 16 --decoder-ffn-embed-dim 32"},
+            "Table 5 '+ output factorisation'",
+        ),
+        ({"BASELINE_ARCH": "transformer"}, "transformer is not an MDN architecture"),
+    ],
+)
+def test_plan_refuses_flags_that_cannot_be_trained(config, change, message):
+    with pytest.raises(ablation.AblationError, match="cfg.sh: ") as err:
+        ablation.build_plan(dict(config, **change), "cfg.sh")
+    assert message in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# the tables, from a fake work folder
+
+
+def _fake_checkpoint(path: Path, params: int, tgt_vocab: int = 10):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = {
+        "encoder.fc.weight": torch.zeros(params - tgt_vocab),
+        "decoder.embed_tokens.weight": torch.zeros(tgt_vocab, 1),
+    }
+    torch.save({"model": model, "cfg": None, "args": None}, path)
+
+
+def _fake_scores(folder: Path, i: int):
+    for split, bleu in (("valid", 10.0 + i), ("test", 20.0 + i)):
+        (folder / f"scores.{split}.json").write_text(
+            json.dumps({"tok_bleu": bleu, "sacrebleu": bleu - 1, "sacrebleu_signature": "sig"})
+        )
+
+
+def _fake_bench(path: Path, speeds):
+    """An mdn-bench JSON with fairseq and fast rows per name: ``speeds`` {name: [runs]} (fast: twice as fast)."""
+    rows = [
+        {"model": name, "generator": gen, "int8": False,
+         "sent_per_s": {"median": sorted(r)[len(r) // 2] * f, "runs": [x * f for x in r]}}
+        for name, r in speeds.items() for gen, f in (("fairseq", 1), ("fast", 2))
+    ]  # fmt: skip
+    setting = {"hardware": "cpu X", "threads": 2, "batch": 64, "beam": 4, "sentences": 10, "repeats": 3}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"setting": setting, "rows": rows}))
+
+
+@pytest.fixture
+def fake_work(tmp_path, plan):
+    keys = [t["key"] for t in plan["trainings"]]
+    for i, key in enumerate(keys):
+        _fake_checkpoint(tmp_path / key / "checkpoint_avg.pt", 1000 * (i + 1))
+        _fake_scores(tmp_path / key, i)
+    _fake_bench(tmp_path / "ablation" / "bench" / "cpu.json", {k: [10.0 * (i + 1)] * 3 for i, k in enumerate(keys)})
+    (tmp_path / "data").mkdir()
+    sets = [{"subset": "test", "name": "test_2016_flickr"},
+            {"subset": "test1", "name": "test_2017_flickr", "missing": True, "reason": "not downloadable"}]  # fmt: skip
+    (tmp_path / "data" / "prepare.json").write_text(json.dumps({"quick": True, "test_sets": sets}))
+    return tmp_path, keys
+
+
+def test_tables_have_every_row_with_bleu_and_speed(fake_work, plan, config):
+    work, keys = fake_work
+    md, result = ablation.build_tables(str(work), config, plan, "bash scripts/ablation.sh multi30k_en_de --quick")
+    t2, t5 = result["tables"]["2"], result["tables"]["5"]
+    assert [r["label"] for r in t2] == TABLE2 and [r["label"] for r in t5] == TABLE5
+    for r in t2 + t5:
+        assert r["params"] > 0 and isinstance(r["valid_bleu"], float) and isinstance(r["test_bleu"], float)
+        assert r["cpu_fairseq_sent_per_s"] > 0 and r["cpu_fast_sent_per_s"] > 0
+    # speedups over the table's first row with fairseq's generator: Table 2 over + BPE 10K, Table 5 over Baseline
+    i = {k: keys.index(k) + 1 for k in keys}
+    shallow2, shallow5 = t2[1], t5[2]
+    assert shallow2["key"] == shallow5["key"] == "abl2_shallow"
+    assert shallow2["cpu_fairseq_speedup"] == pytest.approx(i["abl2_shallow"] / i["bpe10k"])
+    assert shallow5["cpu_fairseq_speedup"] == pytest.approx(i["abl2_shallow"] / i["baseline"])
+    assert t5[0]["cpu_fairseq_speedup"] == 1.0 and t5[0]["cpu_fast_speedup"] == 2.0
+    assert t5[-1]["key"] == "mdn" and t5[-1]["test_sacrebleu"] == 20.0 + keys.index("mdn") - 1
+    assert t5[-1]["test_sets"]["test_2017_flickr"] == {"subset": "test1", "missing": True}
+    # every test set gets BLEU and sacreBLEU; a set that could not be prepared is marked, with a note
+    n = keys.index("abl5_heads")
+    line = f"| + pruning heads | `--decoder-attention-heads 1 --decoder-attention-dim 16` | {(n + 1) / 1000:.2f}M | "
+    assert line + f"{10 + n:.2f} | {20 + n:.2f} | {19 + n:.2f} | missing | missing | {10.0 * (n + 1):.1f} | " in md
+    assert "test_2016_flickr BLEU | test_2016_flickr sacreBLEU | test_2017_flickr BLEU" in md
+    assert "test set test_2017_flickr (subset test1) is named in the config but could not be prepared" in md
+    assert "not results" in md and "--quick`" in md
+    assert "- `WORK/abl2_shallow`: Table 2 *Shallow decoder* = Table 5 *+ shallow decoder*" in md
+    assert "- `WORK/mdn` (reproduce.sh's, reused): Table 5 *− label smoothing*" in md
+    assert "cpu X, 2 threads, batch 64, beam 4" in md and result["setting"]["beam"] == 4
+    assert json.loads(json.dumps(result)) == result  # JSON as it is written
+
+
+def test_tables_name_what_is_missing(fake_work, plan, config):
+    work, _ = fake_work
+    (work / "ablation" / "bench" / "cpu.json").unlink()
+    md, result = ablation.build_tables(str(work), config, plan)
+    assert "Speed: not measured" in md and result["tables"]["5"][3]["cpu_fast_sent_per_s"] is None
+    (work / "abl5_ffn" / "scores.test.json").unlink()
+    with pytest.raises(MDNError, match="abl5_ffn/scores.test.json: missing; run the evaluation"):
+        ablation.build_tables(str(work), config, plan)
+    (work / "abl2_rank" / "checkpoint_avg.pt").unlink()
+    with pytest.raises(ablation.AblationError, match="abl2_rank/checkpoint_avg.pt: missing"):
+        ablation.build_tables(str(work), config, plan)
+
+
+# ------------------------------------------------------------------------------------------------
+# --bpe-sweep
+
+
+@pytest.mark.parametrize("text", ["2000,x", "0,100", "-5", "2000,,4000", "200,200"])
+def test_sweep_refuses_bad_merge_lists(text):
+    with pytest.raises(ablation.AblationError, match="--bpe-sweep"):
+        sweep.parse_merges(text)
+
+
+def test_sweep_configs_change_only_the_target_merges(tmp_path):
+    written = sweep.write_sweep_configs(str(CONFIG), [200, 4000], 200, str(tmp_path))
+    assert list(written) == [4000]  # 200: the config's own (reproduce.sh's model)
+    derived, original = load_config(written[4000]), load_config(CONFIG)
+    assert derived.bpe["mdn"].tgt_merges == 4000 and derived.merges("mdn", quick=True)["de"] == 4000
+    assert derived.bpe["mdn"].src_merges == original.bpe["mdn"].src_merges and derived.data == original.data
+    assert derived.bpe["baseline"] == original.bpe["baseline"] and derived.test_subsets() == original.test_subsets()
+    joint = tmp_path / "joint.sh"
+    joint.write_text(CONFIG.read_text() + "MDN_JOINT=1\n")
+    with pytest.raises(ablation.AblationError, match="needs a separate target BPE"):
+        sweep.sweep_config_text(str(joint), 4000)
+
+
+def test_sweep_csv_table_and_plot(tmp_path, monkeypatch):
+    for i, (n, key) in enumerate(((300, "sweep_tgt300"), (200, "bpe10k"))):
+        _fake_checkpoint(tmp_path / key / "checkpoint_avg.pt", 500 + n, tgt_vocab=n + 50)
+        _fake_scores(tmp_path / key, i)
+    _fake_bench(tmp_path / "bpe_sweep" / "bench" / "cpu.json", {"bpe10k": [50.0], "sweep_tgt300": [40.0]})
+    md, rows = sweep.build_sweep(str(tmp_path), {300: "sweep_tgt300", 200: "bpe10k"}, "cmd")
+    assert [(r["tgt_merges"], r["key"], r["tgt_vocab"]) for r in rows] == [
+        (200, "bpe10k", 250),
+        (300, "sweep_tgt300", 350),
+    ]
+    assert rows[0]["valid_bleu"] == 11.0 and rows[1]["test_bleu"] == 20.0 and rows[1]["cpu_fast_sent_per_s"] == 80.0
+    assert "| 200 | 250 | 0.00M | 11.00 | 21.00 | 50.0 | 100.0 |" in md
+    sweep.write_csv(rows, str(tmp_path / "s.csv"))
+    with open(tmp_path / "s.csv") as f:
+        assert [(r["tgt_merges"], r["valid_bleu"]) for r in csv.DictReader(f)] == [("200", "11.0"), ("300", "10.0")]
+    if sweep.plot(rows, str(tmp_path / "s.png")) is None:  # matplotlib installed
+        assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    assert "matplotlib is not installed" in sweep.plot(rows, str(tmp_path / "t.png"))
+    assert not (tmp_path / "t.png").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# the script: arguments and configs refused before any work, then --quick end to end
+
+
+def _repo_with_config(tmp_path, extra: str, drop: str = "") -> Path:
+    """A repository whose scripts are this one's and whose multi30k_en_de config is the shipped one with
+    ``drop`` lines left out and ``extra`` appended (bash and mdn-prepare: the last assignment wins)."""
+    repo = tmp_path / "repo"
+    (repo / "mdn_fairseq" / "configs").mkdir(parents=True)
+    (repo / "scripts").symlink_to(REPO / "scripts")
+    lines = [line for line in CONFIG.read_text().splitlines() if not (drop and line.startswith(drop))]
+    (repo / "mdn_fairseq" / "configs" / "multi30k_en_de.sh").write_text("\n".join(lines) + "\n" + extra)
+    return repo
+
+
+@pytest.mark.parametrize(
+    "extra, drop, message",
+    [
+        ('ABLATION_ONE_HEAD="--decoder-attention-heads 3 --decoder-attention-dim 16"\n', "",
+         "(flags of ABLATION_ONE_HEAD): --decoder-attention-dim (16) must be a positive multiple of "
+         "--decoder-attention-heads (3)"),
+        ("", "ABLATION_DEEP_ENCODER=", "ABLATION_DEEP_ENCODER is missing"),
+    ],
+    ids=["flags-that-do-not-combine", "missing-variable"],
+)  # fmt: skip
+def test_script_fails_before_any_training_naming_the_flag(tmp_path, extra, drop, message):
+    repo = _repo_with_config(tmp_path, extra, drop)
+    proc = run_ablation("multi30k_en_de", "--work", tmp_path / "w", script=repo / "scripts" / "ablation.sh")
+    assert proc.returncode == 2 and message in proc.stderr and "nothing was trained" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["ablation"]  # no data, no training folder
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--bpe-sweep", "2000,x"], "--bpe-sweep takes a comma list of positive integers"),
+        (["--bpe-sweep", "0,100"], "got '0,100'"),
+        (["--bpe-sweep", "300,300"], "--bpe-sweep 300,300 names 300 twice"),
+        (["--bpe-sweep", "--quick"], "--bpe-sweep needs a comma list of target merge counts"),
+        (["--peers"], "--peers is reproduce.sh's"),
+    ],
+)
+def test_script_refuses_bad_arguments_at_once(tmp_path, args, message):
+    proc = run_ablation("multi30k_en_de", *args, "--work", tmp_path / "w")
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not (tmp_path / "w" / "data").exists()
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory, multi30k):
+    """One ``ablation.sh multi30k_en_de --quick`` run (reproduce.sh's rows included): (work, CompletedProcess)."""
+    work = tmp_path_factory.mktemp("ablation") / "work"
+    proc = run_ablation("multi30k_en_de", "--quick", "--work", work, "--data", multi30k, "--threads", "2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return work, proc
+
+
+@pytest.mark.slow
+def test_ablation_quick_end_to_end(quick, multi30k):
+    work, proc = quick
+    for stage in ("A0", "A1", "A2", "A3", "A4", "A5"):
+        assert f"] {stage} " in proc.stdout
+    result = json.loads((work / "results" / "ablation.json").read_text())
+    t2, t5 = result["tables"]["2"], result["tables"]["5"]
+    assert [r["label"] for r in t2] == TABLE2 and [r["label"] for r in t5] == TABLE5
+    for r in t2 + t5:
+        assert r["params"] > 0 and r["cpu_fairseq_sent_per_s"] > 0 and r["cpu_fast_sent_per_s"] > 0
+        for key in ("valid_bleu", "test_bleu"):
+            assert isinstance(r[key], float) and 0 <= r[key] <= 100
+    assert t5[-1]["key"] == "mdn" and t2[0]["key"] == t5[1]["key"] == "bpe10k"
+    assert t5[5]["params"] < t5[1]["params"]  # the tricks shrink the decoder
+    md = (work / "results" / "ablation.md").read_text()
+    assert "## Table 2 analogue" in md and "## Table 5 analogue" in md and "not results" in md
+    assert "Made by `bash scripts/ablation.sh multi30k_en_de --quick`" in md
+    bench = json.loads((work / "ablation" / "bench" / "cpu.json").read_text())
+    assert {r["model"] for r in bench["rows"]} == {t["key"] for t in result["plan"]["trainings"]}  # one run
+    assert (work / "abl5_wd_init.pt").is_file()  # + WD: initialised from the teacher
+
+    # a second run skips every stage: nothing trained, evaluated or benchmarked again
+    # (models, init checkpoints, scores, the benchmark; mdn-prepare's own prepare.json is its business)
+    ours = [*work.rglob("*.pt"), *work.rglob("scores.*.json"), work / "ablation" / "bench" / "cpu.json"]
+    stamps = {p: p.stat().st_mtime for p in ours}
+    again = run_ablation("multi30k_en_de", "--quick", "--work", work, "--data", multi30k, "--threads", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "fairseq-train" not in again.stdout and "abl5_no_dd: trained" in again.stdout
+    assert "benchmark: done" in again.stdout
+    assert stamps == {p: p.stat().st_mtime for p in stamps}
+
+
+@pytest.mark.slow
+def test_bpe_sweep_quick_writes_csv_and_plot(quick, multi30k):
+    work, _ = quick
+    proc = run_ablation("multi30k_en_de", "--quick", "--bpe-sweep", "200,300", "--work", work, "--data", multi30k,
+                        "--threads", "2")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(work / "results" / "bpe_sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["tgt_merges"], r["key"]) for r in rows] == [("200", "bpe10k"), ("300", "sweep_tgt300")]  # 200: reused
+    assert int(rows[1]["tgt_vocab"]) > int(rows[0]["tgt_vocab"])
+    for r in rows:
+        assert float(r["valid_bleu"]) >= 0 and float(r["cpu_fairseq_sent_per_s"]) > 0
+    png = work / "results" / "bpe_sweep.png"
+    if _has_matplotlib():
+        assert png.read_bytes()[:4] == b"\x89PNG"
+    else:
+        assert "matplotlib is not installed" in proc.stdout
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
