@@ -115,15 +115,19 @@ average() {  # average NAME: the mean of the last 5 epoch checkpoints
 # evaluate NAME DATA-BIN RAW-DIR: the averaged model on valid and on every test set mdn-prepare prepared
 # (RAW-DIR/../prepare.json: subsets test, test1, ...), beam 4: WORK/NAME/generate.SUBSET.txt, scores.SUBSET.json
 # (a set recorded missing is skipped with a note; the results table marks it); then the model folder
+declare -A TEST_SETS=()  # prepared folder -> `mdn-report test-sets` lines, listed once per recipe run
 evaluate() {
-  local name=$1 data=$2 raw=$3 dir=$WORK/$1 listing split setname state i refs
+  local name=$1 data=$2 raw=$3 dir=$WORK/$1 prepared split setname state i refs
   local subsets=(valid) labels=(valid)
+  prepared=$(dirname "$raw")
   average "$name"
-  listing=$(mdn-report test-sets --prepared "$(dirname "$raw")") || die "cannot list the test sets (see above)"
+  if [ -z "${TEST_SETS[$prepared]+set}" ]; then
+    TEST_SETS[$prepared]=$(mdn-report test-sets --prepared "$prepared") || die "cannot list the test sets (see above)"
+  fi
   while read -r split setname state; do
     if [ "$state" = present ]; then subsets+=("$split") labels+=("$split ($setname)")
     else echo "   $name $split ($setname): missing (not prepared, see $(dirname "$raw")/prepare.json)"; fi
-  done <<< "$listing"
+  done <<< "${TEST_SETS[$prepared]}"
   for i in "${!subsets[@]}"; do
     split=${subsets[$i]}
     # scores newer than the model and the binarised subset (a test set prepared again is scored again)
