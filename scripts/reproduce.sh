@@ -95,6 +95,13 @@ if [ "$GPU" -gt 0 ] && ! { fresh "$WORK/bench/gpu.json" "$newest" && bench_cover
 fi
 
 stage "9 report"
-mdn-report table --work "$WORK" --config "$CFG" --out-md "$RESULTS/results.md" --out-json "$RESULTS/results.json" \
-  --command "$COMMAND" $([ $PEERS = 1 ] && echo --peers)
+# a plain run (e.g. ablation.sh's first step) over a --peers table newer than every model keeps it: rewriting it
+# would drop the peer rows it shares the Baseline, + BPE 10K and MDN rows with
+if [ $PEERS = 0 ] && fresh "$RESULTS/results.json" "$newest" && python -c 'import json, sys
+sys.exit(not json.load(open(sys.argv[1])).get("peers"))' "$RESULTS/results.json" 2> /dev/null; then
+  echo "   $RESULTS/results.md: kept, it is a --peers table newer than these models (re-run with --peers to rewrite it)"
+else
+  mdn-report table --work "$WORK" --config "$CFG" --out-md "$RESULTS/results.md" --out-json "$RESULTS/results.json" \
+    --command "$COMMAND" $([ $PEERS = 1 ] && echo --peers)
+fi
 stage "done: $RESULTS/results.md"

@@ -425,3 +425,8 @@ def test_reproduce_quick_peers_end_to_end(quick_work, multi30k):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "can_mdn: trained" in again.stdout and "fairseq-train" not in again.stdout
     assert stamps == {p: p.stat().st_mtime for p in work.rglob("*.pt")}
+    # a plain run over it (ablation.sh's first step) keeps the --peers table instead of dropping its peer rows
+    plain = run_reproduce(*[a for a in args if a != "--peers"], env=env)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert "results.md: kept, it is a --peers table" in plain.stdout
+    assert (work / "results" / "results.md").read_text() == md
