@@ -74,13 +74,13 @@ def _point(work: str, merges: int, key: str, sets: List[Dict], bench: Optional[D
     ckpt = os.path.join(work, key, "checkpoint_avg.pt")
     if not os.path.isfile(ckpt):
         raise AblationError(f"{ckpt}: missing; run scripts/ablation.sh --bpe-sweep (training, evaluation) first")
-    bleu = report.bleu_fields(report.read_scores(work, key), sets)
+    bleu = report.bleu_fields(report.read_scores(work, key, sets), sets)
     model = load_checkpoint(ckpt)["model"]
     row = {
         "tgt_merges": merges,
         "key": key,
         "tgt_vocab": int(model["decoder.embed_tokens.weight"].shape[0]),
-        "params": report.count_params(ckpt),
+        "params": report.count_state_params(model),
         "valid_bleu": bleu["valid_bleu"],
     }
     for name, s in bleu["test_sets"].items():
@@ -131,8 +131,7 @@ def write_csv(rows: List[Dict], path: str) -> None:
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    with atomic_write(path) as f:
-        f.write(buf.getvalue())
+    write_text(path, buf.getvalue())
 
 
 def plot(rows: List[Dict], path: str) -> Optional[str]:

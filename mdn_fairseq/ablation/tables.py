@@ -26,7 +26,7 @@ def _row(work: str, plan: Dict, row: Dict, sets: List[Dict], bench: Optional[Dic
         raise AblationError(f"{ckpt}: missing; run scripts/ablation.sh (its training and evaluation stages) first")
     out = dict(row, model=" ".join(t.model_args()), recipe=t.recipe(), trained_by=t.owner)
     out["params"] = report.count_params(ckpt)
-    out.update(report.bleu_fields(report.read_scores(work, key), sets))
+    out.update(report.bleu_fields(report.read_scores(work, key, sets), sets))
     for gen in ("fairseq", "fast"):
         mine = report._speed(bench, key, gen)
         out[f"cpu_{gen}_sent_per_s"] = None if mine is None else mine["sent_per_s"]["median"]
@@ -35,10 +35,7 @@ def _row(work: str, plan: Dict, row: Dict, sets: List[Dict], bench: Optional[Dic
 
 
 def _line(r: Dict, sets: List[Dict]) -> str:
-    speed = " | ".join(
-        f"{report.fmt(r[f'cpu_{g}_sent_per_s'], 1)} | {report._times(r[f'cpu_{g}_speedup'])}"
-        for g in ("fairseq", "fast")
-    )
+    speed = report._speed_cells(r, "cpu")
     return (
         f"| {r['label']} | {r['change']} | {r['params'] / 1e6:.2f}M | {report.fmt(r['valid_bleu'])} | "
         f"{report.bleu_cells(r, sets)} | {speed} |"

@@ -23,6 +23,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from fairseq.models import ARCH_MODEL_REGISTRY
 
+from ..bench.models import count_params
 from ..bench.synthetic import build_synthetic
 from ..errors import MDNError
 
@@ -64,7 +65,7 @@ def count_parameters(arch: str, vocab: Tuple[int, int], **overrides) -> int:
     :class:`~mdn_fairseq.errors.ArchitectureError` for an impossible configuration."""
     with torch.device("meta"):
         model = build_synthetic(arch, vocab[0], vocab[1], **overrides)
-    return sum(p.numel() for p in model.parameters())
+    return count_params(model)
 
 
 def matched_encoder_layers(

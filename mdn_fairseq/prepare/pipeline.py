@@ -238,8 +238,8 @@ class Preparation:
         key = f"raw/{subset}"
         if self.state["stages"].get(key, {}).get("name", stem) != stem:  # another set at this position now
             del self.state["stages"][key]
-        sources = None
-        if not self.done(key, self.test_set_raw_outputs(subset)):
+        sources, outputs = None, self.test_set_raw_outputs(subset)
+        if not self.done(key, outputs):
             try:
                 sources = self.find_test_set(stem)
             except DownloadFailed as e:
@@ -250,7 +250,6 @@ class Preparation:
                 )
                 return
         title = f"test set {stem}: check and remove empty pairs -> raw/{subset}.*"
-        outputs = self.test_set_raw_outputs(subset)
         self.stage(key, title, outputs, [], lambda staged: stages.write_test_set(self, staged, subset, stem, sources))
         title = f"test set {stem}: tokenise -> tok/{subset}.*"
         tok = self.split_files("tok", [subset])

@@ -10,6 +10,7 @@ from .scores import (
     ReportError,
     _load_json,  # noqa: F401
     count_params,
+    count_state_params,
     parse_generate,
     prepared_test_sets,
     read_config,
@@ -54,6 +55,7 @@ __all__ = [
     "build_strategies",
     "build_table",
     "count_params",
+    "count_state_params",
     "data_lines",
     "fmt",
     "missing_notes",

@@ -45,7 +45,11 @@ def training_done(path: str, max_epoch: int, max_update: int = 0) -> bool:
 
 def count_params(path: str) -> int:
     """The number of parameters (weights and biases) of a fairseq checkpoint's model."""
-    model = load_checkpoint(path)["model"]
+    return count_state_params(load_checkpoint(path)["model"])
+
+
+def count_state_params(model: Dict) -> int:
+    """The number of parameters (weights and biases) in a fairseq checkpoint's ``model`` state dict."""
     return sum(v.numel() for k, v in model.items() if k.endswith(("weight", "bias")) and "_float_tensor" not in k)
 
 
@@ -170,15 +174,17 @@ def test_sets(work: str, config: Optional[Dict[str, str]] = None) -> List[Dict]:
 test_sets.__test__ = False  # not a pytest test when a test module imports it
 
 
-def read_scores(work: str, key: str) -> Dict[str, Dict]:
+def read_scores(work: str, key: str, sets: Optional[List[Dict]] = None) -> Dict[str, Dict]:
     """The scores of model ``key`` of a recipe work folder: ``{subset: scores}`` for ``valid`` and every test
     set that is not missing (``test``, ``test1``, ...), each the dict ``mdn-report score`` wrote to
-    ``WORK/KEY/scores.SUBSET.json`` (``tok_bleu``, ``sacrebleu``, ``sacrebleu_signature``, ...).
+    ``WORK/KEY/scores.SUBSET.json`` (``tok_bleu``, ``sacrebleu``, ``sacrebleu_signature``, ...).  ``sets``:
+    the folder's :func:`test_sets` when the caller has them (read from its prepare.json otherwise).
 
     Raises :class:`ReportError` naming a missing scores file.
     """
     out = {}
-    for subset in ["valid"] + [t["subset"] for t in test_sets(work) if not t["missing"]]:
+    sets = test_sets(work) if sets is None else sets
+    for subset in ["valid"] + [t["subset"] for t in sets if not t["missing"]]:
         path = os.path.join(work, key, f"scores.{subset}.json")
         scores = _load_json(path)
         if scores is None:

@@ -114,7 +114,7 @@ def _result_row(work: str, key: str, label: str, bench, gpu, sets: Sequence[Dict
     if not os.path.isfile(ckpt):
         raise ReportError(f"{ckpt}: missing; run the recipe's training and evaluation stages first")
     row = {"system": label, "key": key, "checkpoint": ckpt, "params": count_params(ckpt)}
-    row.update(bleu_fields(read_scores(work, key), sets))
+    row.update(bleu_fields(read_scores(work, key, sets), sets))
     for device, b in (("cpu", bench), ("gpu", gpu)):
         for gen in ("fairseq", "fast"):
             r = _speed(b, label, gen)
@@ -326,7 +326,7 @@ def build_strategies(work: str, config: Dict[str, str], command: str = "") -> Tu
             raise ReportError(f"{ckpt}: missing; run scripts/training_strategies.sh first")
         row["params"] = count_params(ckpt)
         row["updates"] = _updates(work, key)
-        row.update(bleu_fields(read_scores(work, key), sets))
+        row.update(bleu_fields(read_scores(work, key, sets), sets))
         rows.append(row)
     lines = [f"# {config.get('TASK')}: training strategies (the paper's Table 3)", ""]
     if command:
