@@ -73,6 +73,65 @@ def test_onednn_linears_scoped_and_exact():
         assert patched == [] and not lin.on_onednn(model[0])
 
 
+def test_packed_weights_exact_kept_and_remade():
+    torch.manual_seed(0)
+    cache = lin.PackedWeights()
+    q, k = torch.randn(24, 16), torch.randn(8, 16)
+    x, b = torch.randn(5, 16), torch.randn(32)
+    stacked = cache.get(q, k)
+    assert cache.get(q, k) is stacked and len(cache) == 1  # made once, kept
+    torch.testing.assert_close(
+        lin.linear(x, torch.cat([q, k]), b, packed=stacked), F.linear(x, torch.cat([q, k]), b), rtol=1e-5, atol=1e-5
+    )
+    with torch.no_grad():
+        k.mul_(-2)  # edited in place: the copy is remade from the new values
+    fresh = cache.get(q, k)
+    assert fresh is not stacked
+    torch.testing.assert_close(lin.linear(x, torch.cat([q, k]), packed=fresh), F.linear(x, torch.cat([q, k])))
+    kept = torch.randn(4, 16)
+    cache.get(kept)
+    del q, k, stacked, fresh
+    cache.get(torch.randn(3, 16))  # a miss drops the copies of freed weights (q and k's), keeps kept's
+    assert len(cache) == 2 and cache.get(kept) is not None and len(cache) == 2
+
+
+def test_onednn_linears_with_packed_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    x = torch.randn(5, 16)
+    ref = model(x)
+    cache = lin.PackedWeights()
+    with torch.no_grad(), lin.onednn_linears(model, packed=cache) as patched:
+        assert len(cache) == 2 and all(lin.packed_weights(m) is cache for m in patched)
+        assert model[0].__dict__["onednn_weight"] is cache.get(model[0].weight)
+        torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
+        model[2].weight.mul_(0.5)  # an edit takes effect at the next block, as the copy is remade there
+    with torch.no_grad(), lin.onednn_linears(model, packed=cache):
+        torch.testing.assert_close(model(x), F.linear(F.relu(model[0](x)), model[2].weight, model[2].bias))
+    assert all(not {"forward", "onednn_weight", "onednn_packed"} & set(m.__dict__) for m in model.modules())
+    assert lin.packed_weights(model[0]) is None
+    with lin.onednn_linears(model):  # without a cache: the plain weights, nothing attached
+        assert lin.packed_weights(model[0]) is None and "onednn_weight" not in model[0].__dict__
+
+
+def test_generator_follows_edited_weights():
+    """The generator keeps packed copies across batches; weights edited between batches (e.g. a model
+    reloaded in place) are used at the next batch, as fairseq's generator uses them."""
+    model = eos_friendly(build_model("mdn_tiny", tgt_vocab=1000))
+    d = model.decoder.dictionary
+    ref = SequenceGenerator([model], d, beam_size=4, max_len_b=12)
+    fast = FastSequenceGenerator([model], d, beam_size=4, max_len_b=12)
+    sample = batch(model, 6, 0)
+    assert_same(ref.generate([model], sample), fast.generate([model], sample))
+    assert len(fast.packed_weights) > 0
+    with torch.no_grad():
+        for layer in model.encoder.layers:
+            layer.fc1.weight.mul_(1.5)
+            layer.self_attn.v_proj.weight.mul_(-1)
+        model.decoder.output_projection.A.weight.mul_(2)  # the low-rank output layer's A factor
+    assert_same(ref.generate([model], sample), fast.generate([model], sample))
+
+
 def test_inputs_onednn_cannot_take_go_to_f_linear():
     layer, wide = nn.Linear(8, 4), nn.Linear(8, 4).double()
     x = torch.randn(3, 8)
@@ -116,8 +175,12 @@ def test_both_backends_give_sequence_generator_results(arch):
     assert not any(lin.on_onednn(m) for m in model.modules())
 
 
-def test_fp32_peak_is_the_faster_of_matmul_and_onednn():
+def test_fp32_peak_is_the_fastest_of_matmul_and_onednn():
     peak = measure_peak("fp32", "cpu", size=256, calls=2)
-    assert set(peak["by_method"]) == {"torch.matmul, fp32", "oneDNN linear, fp32"}
+    assert set(peak["by_method"]) == {
+        "torch.matmul, fp32",
+        "oneDNN linear, fp32",
+        "oneDNN linear, fp32, packed weight",
+    }
     assert peak["gflop_per_s"] == max(peak["by_method"].values()) > 0
     assert peak["method"].startswith(max(peak["by_method"], key=peak["by_method"].get))

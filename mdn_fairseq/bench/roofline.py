@@ -4,9 +4,10 @@ The peak of a precision is measured in the same run, with the same threads: the 
 square matrix product (``--peak-size``, 2048 by default) over a few calls -- fp32 and bf16/fp16 with
 ``torch.matmul``, int8 with torch's dynamic-quantized linear (fbgemm on x86, the kernel of the
 ``--int8`` rows; ``torch._int_mm`` is no faster than fp32 on CPU).  In fp32 on CPU also with oneDNN's
-linear (the lean search's, :mod:`mdn_fairseq.fast_generator.linear`), and the peak is the faster of the
-two: on AMD CPUs ``torch.matmul`` (MKL) reaches well under half of what oneDNN does, and a limit taken
-from it alone would not be the machine's.  A row's *limit* is the time its
+linear (the lean search's, :mod:`mdn_fairseq.fast_generator.linear`), on the plain and on the packed
+weight, and the peak is the fastest of the three: on AMD CPUs ``torch.matmul`` (MKL) reaches well under
+half of what oneDNN does, and a limit taken from it alone would not be the machine's; oneDNN on a packed
+weight (what the lean search runs) is another 5-8% faster.  A row's *limit* is the time its
 FLOPs take at that peak; the *gap* is its measured time minus the limit.  With ``--profile`` the gap
 is split into the matrix products running below peak (per group: profiled time minus the group's
 limit) and the overhead outside them (the profile's ``other``: beam search, softmax, norms, Python),
@@ -21,7 +22,7 @@ from typing import Dict, Iterable, List, Optional
 import torch
 from torch import nn
 
-from ..fast_generator.linear import linear, onednn_unavailable_reason
+from ..fast_generator.linear import PackedWeights, linear, onednn_unavailable_reason
 from .flops import GROUPS, count_flops
 from .measure import Row, sync
 
@@ -43,7 +44,8 @@ def measure_peak(precision: str, device: str, size: int = 2048, calls: int = 5) 
     """The best rate (GFLOP/s, 2 FLOPs per multiply-add) of ``calls`` ``size``×``size``×``size``
     products in ``precision`` (``fp32``, ``bf16``, ``fp16``, ``int8``) on ``device``, after one warm-up
     call; uses the current ``torch.get_num_threads()``.  None where the precision has no product to time
-    there (int8 on CUDA).  fp32 on CPU: the faster of ``torch.matmul`` and oneDNN's linear.  Returns
+    there (int8 on CUDA).  fp32 on CPU: the fastest of ``torch.matmul`` and oneDNN's linear on the plain
+    and on the packed weight.  Returns
     ``{"precision", "gflop_per_s", "size", "method", "by_method": {method: GFLOP/s}}``."""
     products = {}
     if precision == "int8":
@@ -56,6 +58,8 @@ def measure_peak(precision: str, device: str, size: int = 2048, calls: int = 5) 
         products[f"torch.matmul, {precision}"] = lambda: torch.matmul(a, b)
         if precision == "fp32" and device == "cpu" and onednn_unavailable_reason() is None:
             products["oneDNN linear, fp32"] = lambda: linear(a, b)
+            packed = PackedWeights().get(b)  # as the lean search computes (see its .linear)
+            products["oneDNN linear, fp32, packed weight"] = lambda: linear(a, b, packed=packed)
     rates = {method: _best_rate(product, device, size, calls) for method, product in products.items()}
     method = max(rates, key=rates.get)
     return {

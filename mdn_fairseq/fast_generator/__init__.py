@@ -11,9 +11,9 @@ modules, but
   across the beam (fairseq repeats the encoder output ``beam`` times and projects every copy);
 * keeps self-attention keys/values in preallocated buffers, reordered in one ``index_select``
   per step (no per-step ``torch.cat``, no incremental-state dictionaries, no encoder-out reorder);
-* never forms the log-probability matrix: ``log_softmax(x) = x - logsumexp(x)`` is a per-row
-  shift, so the beam candidates come from the logits (masked as fairseq masks them) shifted by
-  ``score - logsumexp``, ranked block-wise (:func:`top_k_shifted`) instead of by a full top-k.
+* computes the float32 linear layers on oneDNN with packed weights kept across batches (:mod:`.linear`);
+* writes the log-probabilities into one reused buffer in a single fused ``log_softmax`` pass and
+  ranks the beam candidates block-wise (:func:`top_k_shifted`) instead of by a full top-k.
 
 Hypotheses, scores, positional scores, attention and alignments equal ``SequenceGenerator``'s with
 the same settings (float32: scores to float rounding, ~1e-6; half precision and ``torch.autocast``: bit
@@ -39,7 +39,7 @@ from .support import (
     incremental_unsupported_reason,
     packed_unsupported_reason,
 )
-from .topk import logsumexp_rows, top_k_shifted
+from .topk import top_k_shifted
 
 
 def unsupported_reason(models, args=None, extra_gen_cls_kwargs=None, prefix_allowed_tokens_fn=None):
@@ -59,7 +59,6 @@ __all__ = [
     "encoder_unsupported_reason",
     "incremental_unsupported_reason",
     "install_ngram_blocker",
-    "logsumexp_rows",
     "packed_unsupported_reason",
     "plan",
     "top_k_shifted",

@@ -30,13 +30,14 @@ from torch import Tensor, nn
 
 from ..modules.average_attention import AverageAttention
 from ..modules.shared_attention import SharedWeightsAttention
-from .linear import linear, on_onednn
+from .linear import linear, on_onednn, packed_weights
 
 
 class PackedSelfAttention(nn.Module):
     """Encoder self-attention of one fairseq ``MultiheadAttention`` on padding-free (packed) tokens, with
     its three input projections as one matrix product where they are plain ``nn.Linear`` layers (q, k, v
-    weights stacked per batch: one (tokens, C) x (C, 3·H·D) product instead of three narrower ones)."""
+    weights stacked per batch: one (tokens, C) x (C, 3·H·D) product instead of three narrower ones; inside
+    :func:`~.linear.onednn_linears` with a packed-weight cache, the stacked weight's packed copy from it)."""
 
     def __init__(self, attn: MultiheadAttention):
         super().__init__()
@@ -60,7 +61,9 @@ class PackedSelfAttention(nn.Module):
         heads, dim = attn.num_heads, attn.head_dim
         projections = (attn.q_proj, attn.k_proj, attn.v_proj)
         if all(type(p) is nn.Linear for p in projections):
-            qkv = linear(x, *self.stacked_projection(), onednn=on_onednn(attn.q_proj))
+            cache = packed_weights(attn.q_proj)  # inside onednn_linears with a PackedWeights cache
+            packed = None if cache is None else cache.get(*(p.weight for p in projections))
+            qkv = linear(x, *self.stacked_projection(), onednn=on_onednn(attn.q_proj), packed=packed)
         else:  # e.g. int8 dynamic-quantized layers: their own forward each
             qkv = torch.cat([p(x) for p in projections], dim=-1)
         if keep is not None:

@@ -5,9 +5,9 @@ finalisation rules over a model runner (:func:`build_steps`: :class:`~.steps.Tra
 fairseq's Transformer, MDN, AAN and SAN, :class:`~.compressed.CANSteps` for CAN -- the model, one step at
 a time on the search's own buffers -- or, for a peer that the packed route does not replicate,
 :class:`~.incremental.IncrementalSteps`, the model's own incremental forward, with the reason logged);
-the candidates come from the logits shifted by ``score - logsumexp`` (:mod:`.topk`) instead of a
-log-probability matrix.  Each hypothesis carries what fairseq's carries: tokens, score, positional
-scores, ``attention`` (src_len, tgt_len) and, with ``print_alignment``, ``alignment``.
+the candidates come from fairseq's log-probabilities (one fused ``log_softmax`` pass into a reused
+buffer) ranked block-wise (:mod:`.topk`) instead of one ``topk`` over each sentence's beam x vocab.
+Each hypothesis carries what fairseq's carries: tokens, score, positional scores, ``attention`` (src_len, tgt_len) and, with ``print_alignment``, ``alignment``.
 
 Half precision (a model in float16/bfloat16: ``--fp16``, ``--bf16``; or a float32 model run under
 ``torch.autocast``, as ``mdn-bench --bf16`` runs it).  The model runs in its dtype and the search in
@@ -31,19 +31,18 @@ import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .alignment import add_alignments
 from .beams import Beams
 from .compressed import CANSteps
 from .incremental import IncrementalSteps
-from .linear import onednn_linears, resolve_backend
+from .linear import PackedWeights, onednn_linears, resolve_backend
 from .ngram import ban_repeated_ngrams, install_ngram_blocker
 from .options import NGRAM_SIZE_1, GenerationOptionError
 from .steps import TransformerSteps
 from .support import is_can, models_unsupported_reason, packed_unsupported_reason
-from .topk import logsumexp_rows, top_k_shifted
+from .topk import top_k_shifted
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +168,7 @@ class FastSequenceGenerator(nn.Module):
         self.model = models[0]
         # float32 linear layers on oneDNN (see .linear): "auto", "onednn" or "torch"
         self.linear_backend = resolve_backend(linear_backend)
+        self.packed_weights = PackedWeights()  # oneDNN's packed copies of the weights, kept across batches
         self.steps, self.decoder_fallback_reason = build_steps(self.model)
         if self.decoder_fallback_reason is not None:
             logger.info(
@@ -278,7 +278,8 @@ class FastSequenceGenerator(nn.Module):
             )
         # no_grad as fairseq, not inference_mode: callers edit the results in place (fairseq-generate
         # divides positional scores), and modules may cache tensors made here (positional tables)
-        with torch.no_grad(), onednn_linears(self.model, self.linear_backend == "onednn"):
+        onednn = self.linear_backend == "onednn"
+        with torch.no_grad(), onednn_linears(self.model, onednn, self.packed_weights):
             return self._generate(sample, bos_token)
 
     # -----------------------------------------------------------------------------------------
@@ -343,8 +344,7 @@ class FastSequenceGenerator(nn.Module):
         return finalized
 
     def _mask(self, lprobs: Tensor, tokens: Tensor, step: int, max_len: int) -> Tensor:
-        """fairseq's per-step edits of the log-probabilities (n, V), in place; also right for logits
-        (the same ranking once shifted by ``-logsumexp``, which the edits do not change)."""
+        """fairseq's per-step edits of the log-probabilities (n, V), in place."""
         lprobs[:, self.pad] = -math.inf
         if self.unk_penalty:
             lprobs[:, self.unk] -= self.unk_penalty
@@ -361,7 +361,11 @@ class FastSequenceGenerator(nn.Module):
         return lprobs
 
     def _candidates(self, logits: Tensor, beams: Beams, step: int, max_len: int, exact: bool):
-        """``search.BeamSearch.step``: the top ``2*beam`` (score, token, beam) per sentence, each (bsz, 2*beam)."""
+        """``search.BeamSearch.step``: the top ``2*beam`` (score, token, beam) per sentence, each (bsz, 2*beam).
+        The log-probabilities are fairseq's (``log_softmax`` of the float32 logits, NaN set to -inf), written
+        into the beams' reusable scratch (one fused pass over the n x V logits); in float32 the top of
+        ``score + log-probability`` comes from :func:`.topk.top_k_shifted`, in half precision from one
+        ``torch.topk`` over each sentence's beam x vocab, as fairseq ranks them."""
         if self.temperature != 1.0:
             logits = logits.div_(self.temperature)  # in the model's dtype, as fairseq divides
         logits = logits.float()
@@ -369,20 +373,17 @@ class FastSequenceGenerator(nn.Module):
         bsz, beam = n // self.beam_size, self.beam_size
         if beams.scratch is None:
             beams.scratch = torch.empty_like(logits)
-        lse = None if exact else logsumexp_rows(logits, beams.scratch[:n])
-        if lse is None or not bool(torch.isfinite(lse).all()):
-            # log-probabilities exactly as fairseq forms them (NaN/inf logits, or half precision)
-            logits = F.log_softmax(logits, dim=-1)
-            logits[logits != logits] = -math.inf
-            lse = torch.zeros(n, 1, device=logits.device)
-        logits = self._mask(logits, beams.tokens, step, max_len).view(bsz, beam, vocab)
+        lprobs = torch.log_softmax(logits, dim=-1, out=beams.scratch[:n])
+        if bool(torch.isnan(lprobs.amax(dim=1)).any()):  # a NaN in a row makes that row's maximum NaN
+            lprobs[lprobs != lprobs] = -math.inf
+        lprobs = self._mask(lprobs, beams.tokens, step, max_len).view(bsz, beam, vocab)
         if step == 0:  # all beams are alike: the first one only
-            offset, logits = -lse.view(bsz, beam)[:, :1], logits[:, :1]
+            offset, lprobs = lprobs.new_zeros(bsz, 1), lprobs[:, :1]
         else:
-            offset = (beams.scores[:, step - 1] - lse.view(-1)).view(bsz, beam)
-        k = min(2 * beam, logits.size(1) * vocab - 1)
+            offset = beams.scores[:, step - 1].view(bsz, beam)
+        k = min(2 * beam, lprobs.size(1) * vocab - 1)
         if exact:
-            cand_scores, flat = torch.topk((logits + offset.unsqueeze(2)).view(bsz, -1), k)
+            cand_scores, flat = torch.topk((lprobs + offset.unsqueeze(2)).view(bsz, -1), k)
         else:
-            cand_scores, flat = top_k_shifted(logits, offset, k)
+            cand_scores, flat = top_k_shifted(lprobs, offset, k)
         return cand_scores, flat % vocab, torch.div(flat, vocab, rounding_mode="trunc")

@@ -1,23 +1,14 @@
-"""Candidate ranking without the log-probability matrix: a per-row logsumexp and a block-wise top-k.
+"""Candidate ranking without a full sort: a block-wise top-k over each sentence's beam x vocab.
 
-``log_softmax(x) = x - logsumexp(x)`` is a shift per row, so beam search can rank
-``score + log_softmax(logits)`` as ``logits + (score - logsumexp)`` (:func:`logsumexp_rows`), and
-find the top ``k`` of that sum over a sentence's ``beam x vocab`` entries from the few blocks whose
-shifted maxima are highest (:func:`top_k_shifted`) instead of a full ``torch.topk``.
+Beam search ranks ``score + log_softmax(logits)`` over each sentence's ``beam x vocab`` entries; the top
+``k`` lie within the ``k`` blocks (of about sqrt(vocab) entries) whose shifted maxima are highest, so
+:func:`top_k_shifted` ranks only those instead of running ``torch.topk`` over everything.
 """
 
 import math
 
 import torch
 from torch import Tensor
-
-
-def logsumexp_rows(x: Tensor, buf: Tensor) -> Tensor:
-    """``torch.logsumexp(x, 1)`` (N x 1) using ``buf`` (x's shape) as scratch instead of new memory."""
-    top = x.amax(dim=1, keepdim=True)
-    top = top.masked_fill(~torch.isfinite(top), 0.0)
-    torch.sub(x, top, out=buf).exp_()
-    return buf.sum(dim=1, keepdim=True).log_().add_(top)
 
 
 def _block_size(vocab: int) -> int:
