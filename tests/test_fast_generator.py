@@ -121,6 +121,27 @@ def test_same_hypotheses_and_scores_as_sequence_generator(model, setting):
     assert lengths["sentence done early"], lengths
 
 
+def test_feed_forward_in_blocks_of_rows(model, monkeypatch):
+    """The encoder's FFN sub-layer runs in blocks of rows (pre- and post-norm, ReLU and GELU): blocks of 3
+    rows, the last one partial, give fairseq's results too; the block size is counted in bytes of hidden."""
+    from mdn_fairseq.fast_generator import steps as steps_module
+
+    ffn_dim = model.encoder.layers[0].fc1.out_features
+    monkeypatch.setattr(steps_module, "FFN_BLOCK_BYTES", 3 * 4 * ffn_dim)
+    tgt_dict = model.decoder.dictionary
+    sample = batch(model, 6, 0)
+    ref = SequenceGenerator([model], tgt_dict, beam_size=4, max_len_b=12).generate([model], sample)
+    calls = []
+    hook = model.encoder.layers[0].fc2.register_forward_pre_hook(lambda _, inp: calls.append(inp[0].size(0)))
+    try:
+        fast = FastSequenceGenerator([model], tgt_dict, beam_size=4, max_len_b=12).generate([model], sample)
+    finally:
+        hook.remove()
+    assert_same(ref, fast)
+    tokens = int(sample["net_input"]["src_lengths"].sum())
+    assert calls == [3] * (tokens // 3) + ([tokens % 3] if tokens % 3 else []), calls
+
+
 def test_fixed_length_and_encoder_fallback_path(model):
     """min_len = max_len forces every hypothesis to that length; the encoder's own forward gives the same."""
     tgt_dict = model.decoder.dictionary

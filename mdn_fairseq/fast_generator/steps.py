@@ -69,6 +69,32 @@ def self_attention_step(layer) -> nn.Module:
     return CachedSelfAttention(layer.self_attn, hand_on=getattr(layer, "self_role", None) == FIRST)
 
 
+# bytes of FFN hidden activation per block of rows: the encoder's feed-forward sub-layer runs on blocks of
+# rows so that the hidden activation (rows x FFN dim) stays in cache between its two products instead of
+# going to memory and back.  Measured on a 2-core AMD EPYC (1 MiB L2 per core, 32 MiB L3), 22 layers of a
+# 512 -> 2048 -> 512 FFN on 1600 packed tokens (oneDNN, packed weights, 2 threads): all rows at once 371 ms
+# (398 GFLOP/s), blocks of 128 / 256 / 512 / 1024 rows 313 / 303 / 316 / 339 ms; 256 x 2048 floats = 2 MiB.
+FFN_BLOCK_BYTES = 2 * 1024 * 1024
+
+
+def feed_forward_by_rows(layer, x: Tensor) -> Tensor:
+    """A fairseq encoder layer's feed-forward sub-layer with its residual and layer norm (pre-norm:
+    ``x + fc2(act(fc1(LN(x))))``; post-norm: ``LN(x + fc2(act(fc1(x))))``) on ``x`` (tokens, C), computed
+    in blocks of rows (:data:`FFN_BLOCK_BYTES` of hidden activation each; the rows are independent, so
+    the result is the one of all rows at once).  Returns a new (tokens, C) tensor."""
+    pre, relu = layer.normalize_before, layer.activation_fn is F.relu
+    rows = max(1, FFN_BLOCK_BYTES // (x.element_size() * layer.fc1.out_features))
+    out = torch.empty_like(x)
+    for start in range(0, x.size(0), rows):
+        residual = x[start : start + rows]
+        h = layer.final_layer_norm(residual) if pre else residual
+        h = linear_relu(layer.fc1, h) if relu else layer.activation_fn(layer.fc1(h))
+        y = torch.add(residual, layer.fc2(h), out=out[start : start + rows])
+        if not pre:
+            out[start : start + rows] = layer.final_layer_norm(y)
+    return out
+
+
 class TransformerSteps(nn.Module):
     """Encoder pass and incremental decoder steps of one fairseq Transformer(-like) model (see
     :func:`.support.packed_unsupported_reason` for which); ``enc_attns`` is None where the lean encoder
@@ -143,13 +169,7 @@ class TransformerSteps(nn.Module):
             x = residual + attn(x, keep, bsz, src_len, mask, buf)
             if not pre:
                 x = layer.self_attn_layer_norm(x)
-            residual = x
-            if pre:
-                x = layer.final_layer_norm(x)
-            h = linear_relu(layer.fc1, x) if layer.activation_fn is F.relu else layer.activation_fn(layer.fc1(x))
-            x = residual + layer.fc2(h)
-            if not pre:
-                x = layer.final_layer_norm(x)
+            x = feed_forward_by_rows(layer, x)
         if encoder.layer_norm is not None:
             x = encoder.layer_norm(x)
         return x, keep
