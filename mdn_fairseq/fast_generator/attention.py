@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..modules.average_attention import AverageAttention
 from ..modules.shared_attention import SharedWeightsAttention
-from .linear import linear, on_onednn, packed_weights
+from .linear import linear, on_onednn, onednn_takes, packed_weights
 
 
 class PackedSelfAttention(nn.Module):
@@ -60,10 +60,15 @@ class PackedSelfAttention(nn.Module):
         attn = self.attn
         heads, dim = attn.num_heads, attn.head_dim
         projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-        if all(type(p) is nn.Linear for p in projections):
-            cache = packed_weights(attn.q_proj)  # inside onednn_linears with a PackedWeights cache
-            packed = None if cache is None else cache.get(*(p.weight for p in projections))
-            qkv = linear(x, *self.stacked_projection(), onednn=on_onednn(attn.q_proj), packed=packed)
+        cache = packed_weights(attn.q_proj)  # inside onednn_linears with a PackedWeights cache
+        plain = all(type(p) is nn.Linear for p in projections)
+        packed = cache.get(*(p.weight for p in projections)) if plain and cache is not None else None
+        if packed is not None and onednn_takes(x, packed):  # the packed stacked weight: no torch.cat per call
+            biases = [p.bias for p in projections]
+            bias = None if any(b is None for b in biases) else torch.cat(biases)
+            qkv = linear(x, packed, bias, packed=packed)
+        elif plain:
+            qkv = linear(x, *self.stacked_projection(), onednn=on_onednn(attn.q_proj))
         else:  # e.g. int8 dynamic-quantized layers: their own forward each
             qkv = torch.cat([p(x) for p in projections], dim=-1)
         if keep is not None:

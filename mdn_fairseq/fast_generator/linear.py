@@ -67,7 +67,9 @@ def resolve_backend(backend: str) -> str:
 MIN_ONEDNN_MACS = 4_000_000
 
 
-def _onednn_takes(x: Tensor, weight: Tensor) -> bool:
+def onednn_takes(x: Tensor, weight: Tensor) -> bool:
+    """Whether :func:`linear` computes ``x`` (..., in) times ``weight`` (out, in; plain or packed) on oneDNN:
+    float32 CPU tensors, no autocast, no autograd through them, at least :data:`MIN_ONEDNN_MACS`."""
     return (
         x.numel() * weight.size(0) >= MIN_ONEDNN_MACS
         and x.dtype == torch.float32
@@ -126,7 +128,7 @@ def linear(
     (..., out); on oneDNN when ``onednn`` and the tensors suit it (float32, CPU, no autocast or autograd, at
     least :data:`MIN_ONEDNN_MACS` multiply-adds), there with ``packed`` (``weight``'s copy from
     :meth:`PackedWeights.get`) in place of ``weight`` when given."""
-    if onednn and _onednn_takes(x, weight):
+    if onednn and onednn_takes(x, weight):
         return torch.ops.mkldnn._linear_pointwise(x, weight if packed is None else packed, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
@@ -134,7 +136,7 @@ def linear(
 def _onednn_forward(self: nn.Linear, x: Tensor, activation: str = "none") -> Tensor:
     """The instance ``forward`` :func:`onednn_linears` gives a layer: ``activation`` ``none`` or ``relu``;
     with the packed weight :func:`onednn_linears` attached, if any."""
-    if _onednn_takes(x, self.weight):
+    if onednn_takes(x, self.weight):
         weight = self.__dict__.get("onednn_weight", self.weight)
         return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, activation, [], "")
     y = F.linear(x, self.weight, self.bias)
