@@ -39,7 +39,8 @@ GENERATORS: Dict[str, Callable[..., nn.Module]] = {
 class Row:
     """One line of the table: ``model`` translated by ``generator`` (kind ``generator_kind``) over
     ``batches``; filled in by the measurement: wall seconds per repeat, sentences and best-hypothesis
-    tokens per pass, peak memory (MiB), the per-module profile (seconds, see :mod:`.profile`) and the
+    tokens per pass, peak memory (MiB), the per-module profile (seconds, see :mod:`.profile`), the kernel
+    floor (see :mod:`.floor`) and the
     best hypothesis of each sentence (its id -> tokens, EOS included) of the last pass; ``device`` is
     where the batches are (for the model's autocast context)."""
 
@@ -52,6 +53,7 @@ class Row:
     tokens: int = 0
     peak_mem_mib: Optional[float] = None
     profile: Optional[Dict[str, float]] = None
+    floor: Optional[Dict] = None
     hypotheses: Dict[int, torch.Tensor] = field(default_factory=dict)
     device: str = "cpu"
 
@@ -222,7 +224,8 @@ def hardware(device: str) -> str:
 def row_records(rows: List[Row]) -> List[Dict]:
     """The results of ``rows`` as JSON-ready records (what ``--out-json`` holds under ``rows`` and what the
     tables are made of): names, parameters, sentences and tokens per pass, :func:`row_stats` over the first
-    row, peak memory (MiB or ``None``) and the profile (seconds per region or ``None``)."""
+    row, peak memory (MiB or ``None``), the profile (seconds per region or ``None``) and the kernel floor
+    (:func:`.floor.kernel_floor`'s dict or ``None``)."""
     return [
         {
             "row": row.name,
@@ -236,6 +239,7 @@ def row_records(rows: List[Row]) -> List[Dict]:
             **row_stats(row, rows[0]),
             "peak_mem_mib": row.peak_mem_mib,
             "profile_s": row.profile,
+            "floor": row.floor,
         }
         for row in rows
     ]

@@ -136,6 +136,12 @@ def _add_setting_args(p: argparse.ArgumentParser):
     run.add_argument("--fp16", action="store_true", help="half precision (with --device cuda)")
     run.add_argument("--profile", action="store_true", help="also time each module group (one extra pass per row)")
     run.add_argument(
+        "--floor",
+        action="store_true",
+        help="also the kernel floor of the fp32 CPU rows: their matrix products, attention and log_softmax "
+        "re-timed alone at the recorded shapes (one extra profiled pass per row)",
+    )
+    run.add_argument(
         "--sweep",
         choices=sorted(SWEEP_DEFAULTS),
         help="repeat over batch sizes, beams, target vocabularies or source lengths (srclen: --synthetic "

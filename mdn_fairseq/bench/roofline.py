@@ -120,7 +120,8 @@ def roofline_record(row: Row, beam: int, precision: str, peak: Optional[Dict]) -
     """The roofline fields of ``row``'s record: ``precision``, ``flops`` (per pass) and
     ``flops_by_group``, ``gflop_per_s`` (median, min, max over repeats), ``peak_gflop_per_s``,
     ``pct_of_peak`` (of the median), ``limit_s`` and ``gap_s`` (seconds per pass at peak, measured median
-    minus that) and, with a profile, the gap split (:func:`_split_gap`).  Peak-relative fields are None
+    minus that), ``floor_pct_of_peak`` (the share of peak at the kernel floor, :mod:`.floor`, or None) and,
+    with a profile, the gap split (:func:`_split_gap`).  Peak-relative fields are None
     where no peak was measured for the precision."""
     flops = row_flops(row, beam)
     total = sum(flops.values())
@@ -135,6 +136,7 @@ def roofline_record(row: Row, beam: int, precision: str, peak: Optional[Dict]) -
         "pct_of_peak": None,
         "limit_s": None,
         "gap_s": None,
+        "floor_pct_of_peak": None,
     }
     if peak is None:
         return rec
@@ -147,6 +149,8 @@ def roofline_record(row: Row, beam: int, precision: str, peak: Optional[Dict]) -
     )
     if row.profile is not None:
         rec.update(_split_gap(row.profile, flops, rate))
+    if row.floor is not None and row.floor["floor_s"] > 0:
+        rec["floor_pct_of_peak"] = 100 * total / row.floor["floor_s"] / (rate * 1e9)
     return rec
 
 

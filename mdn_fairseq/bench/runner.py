@@ -19,6 +19,7 @@ from ..fast_generator import decoder_unsupported_reason
 from ..files import write_json, write_text
 from . import tables
 from .ct2 import CT2Generator, ct2_models
+from .floor import floor_applies, kernel_floor
 from .inputs import make_batches, random_sentences, read_sentences
 from .latency import latency_records, time_latency
 from .measure import PeakMemory, Row, build_generator, hardware, row_records, time_rows
@@ -130,13 +131,17 @@ def measure(
     args, models: List[Model], batch_size: int, beam: int, notes: List[str], peaks: Dict, src_len=None
 ) -> Tuple[List[Row], List[Dict]]:
     """The rows of ``models`` timed side by side (and profiled with ``--profile``; CTranslate2 rows have
-    no module profile), and their records with the roofline fields (and BLEU with ``--reference``)."""
+    no module profile; with ``--floor`` the fp32 CPU rows' kernel floor), and their records with the roofline fields (and BLEU with ``--reference``)."""
     rows = make_rows(args, models, batch_size, beam, notes, src_len)
     time_rows(rows, args.repeats, args.warmup, args.out_len, args.device)
     if args.profile:
         for row in rows:
             if row.model.engine is None:
                 row.profile = profile_row(row, args.out_len, args.device)
+    if args.floor:
+        for row in rows:
+            if floor_applies(row):
+                row.floor = kernel_floor(row, args.out_len)
     records = row_records(rows)
     add_roofline(records, rows, beam, run_peaks(args, models, peaks), args.fp16)
     if args.reference:
@@ -196,6 +201,8 @@ def run_table(args, setting: Dict, notes: List[str], mem_method: str, peaks: Dic
             "",
             tables.gap_table(records, batches),
         ]
+    if args.floor:
+        md += ["", tables.FLOOR_HEADING, "", tables.floor_table(records, batches)]
     part = {"peaks": peaks, "rows": records}
     if args.latency:
         part["latency"], lines = run_latency(args, models, notes)

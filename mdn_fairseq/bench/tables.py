@@ -7,6 +7,7 @@ CSV and plot (Fig. 3).  Files are written atomically (:mod:`mdn_fairseq.files`).
 import csv
 import logging
 import os
+import statistics
 from typing import Dict, List, Optional, Sequence
 
 from ..files import atomic_write
@@ -118,6 +119,41 @@ def latency_table(records: List[Dict]) -> str:
     lines = ["| model | p50 ms | p95 ms | mean ms |", "|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r['row']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['mean_ms']:.1f} |")
+    return "\n".join(lines)
+
+
+FLOOR_HEADING = (
+    "Kernel floor (ms per batch): the row's matrix products, fused attention and log_softmax, each call "
+    "re-timed alone at its recorded shapes (best of 5, warm cache, packed weights), summed; everything else "
+    "(norms, adds, indexing, top-k, beam bookkeeping, Python) counted as free. *% of peak at the floor*: "
+    "the most this row's arithmetic could reach with these kernels:"
+)
+
+
+def floor_table(records: List[Dict], batches: int) -> str:
+    """Markdown (rows with a kernel floor): measured and floor ms per batch, the share of peak measured and
+    at the floor, measured over floor, and the floor per kernel."""
+    lines = [
+        "| model | ms/batch measured | ms/batch floor | % of peak measured | % of peak at the floor "
+        "| measured / floor | floor by kernel (ms/batch) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        f = r.get("floor")
+        if f is None:
+            continue
+        measured = statistics.median(r["seconds"])
+        parts = ", ".join(
+            f"{name.split('::')[-1]} {1000 * s / batches:.1f} ({f['kernel_calls'][name]} calls)"
+            for name, s in sorted(f["floor_by_kernel_s"].items(), key=lambda kv: -kv[1])
+        )
+        pct = "–" if r["pct_of_peak"] is None else f"{r['pct_of_peak']:.1f}%"
+        floor_pct = "–" if r["floor_pct_of_peak"] is None else f"{r['floor_pct_of_peak']:.1f}%"
+        ratio = f"{measured / f['floor_s']:.2f}" if f["floor_s"] > 0 else "–"
+        lines.append(
+            f"| {r['row']} | {1000 * measured / batches:.1f} | {1000 * f['floor_s'] / batches:.1f} | {pct} "
+            f"| {floor_pct} | {ratio} | {parts} |"
+        )
     return "\n".join(lines)
 
 
