@@ -89,10 +89,11 @@ def test_packed_weights_exact_kept_and_remade():
     assert fresh is not stacked
     torch.testing.assert_close(lin.linear(x, torch.cat([q, k]), packed=fresh), F.linear(x, torch.cat([q, k])))
     kept = torch.randn(4, 16)
-    cache.get(kept)
+    kept_copy = cache.get(kept)
     del q, k, stacked, fresh
-    cache.get(torch.randn(3, 16))  # a miss drops the copies of freed weights (q and k's), keeps kept's
-    assert len(cache) == 2 and cache.get(kept) is not None and len(cache) == 2
+    assert len(cache) == 2
+    cache.drop_stale()  # drops the copy of freed weights (q and k's), keeps kept's
+    assert len(cache) == 1 and cache.get(kept) is kept_copy
 
 
 def test_onednn_linears_with_packed_weights():
@@ -102,16 +103,39 @@ def test_onednn_linears_with_packed_weights():
     ref = model(x)
     cache = lin.PackedWeights()
     with torch.no_grad(), lin.onednn_linears(model, packed=cache) as patched:
-        assert len(cache) == 2 and all(lin.packed_weights(m) is cache for m in patched)
-        assert model[0].__dict__["onednn_weight"] is cache.get(model[0].weight)
+        assert len(cache) == 0 and all(lin.packed_weights(m) is cache for m in patched)  # packed at first use
         torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
-        model[2].weight.mul_(0.5)  # an edit takes effect at the next block, as the copy is remade there
-    with torch.no_grad(), lin.onednn_linears(model, packed=cache):
+        assert len(cache) == 2
+        model[2].weight.mul_(0.5)  # an in-place edit is seen at the next product
         torch.testing.assert_close(model(x), F.linear(F.relu(model[0](x)), model[2].weight, model[2].bias))
-    assert all(not {"forward", "onednn_weight", "onednn_packed"} & set(m.__dict__) for m in model.modules())
+    assert all(not {"forward", "onednn_packed"} & set(m.__dict__) for m in model.modules())
     assert lin.packed_weights(model[0]) is None
     with lin.onednn_linears(model):  # without a cache: the plain weights, nothing attached
-        assert lin.packed_weights(model[0]) is None and "onednn_weight" not in model[0].__dict__
+        assert lin.packed_weights(model[0]) is None and "onednn_packed" not in model[0].__dict__
+
+
+def test_packed_weights_drop_stale_and_clear(monkeypatch):
+    cache = lin.PackedWeights()
+    layer, other = nn.Linear(16, 8), nn.Linear(16, 4)
+    model = nn.ModuleList([layer, other])
+    x = torch.randn(3, 16)
+    with torch.no_grad(), lin.onednn_linears(model, packed=cache):
+        layer(x), other(x)
+    assert len(cache) == 2
+    with torch.no_grad():
+        other.weight.data = torch.randn(4, 16)  # another tensor: its copy is stale
+    with torch.no_grad(), lin.onednn_linears(model, packed=cache):  # each block starts by dropping stale copies
+        assert len(cache) == 1
+        torch.testing.assert_close(other(x), F.linear(x, other.weight, other.bias))
+    with torch.no_grad():
+        layer.weight.data.mul_(2)  # through .data: no version bump, so the cache cannot see it ...
+    with torch.no_grad(), lin.onednn_linears(model, packed=cache):
+        assert not torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias))
+        cache.clear()  # ... and clear() is the way out
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+    with torch.inference_mode():  # inference tensors have no version counter: still packed and used
+        w = torch.randn(8, 16)
+        assert cache.get(w) is cache.get(w)
 
 
 def test_generator_follows_edited_weights():

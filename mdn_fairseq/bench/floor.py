@@ -4,7 +4,8 @@
 counts; the profiler's own times are not used) and re-times every call of the kinds in :data:`KERNELS` --
 the matrix products (oneDNN's linear, ``addmm``/``mm``/``bmm``), fused attention and ``log_softmax`` --
 alone, on random inputs of the recorded shapes, as the best of a few calls after a warm-up, with the run's
-threads.  Their sum is the *floor*: the time one pass would take if everything else (norms, adds,
+threads (calls inside another, e.g. the products of the math attention, count with the outer one;
+attention masks are replayed as additive masks of the recorded shape).  Their sum is the *floor*: the time one pass would take if everything else (norms, adds,
 indexing, top-k, beam bookkeeping, Python) cost nothing and every kernel ran at its best, warm-cache rate
 at once.  A row's FLOPs over its floor, against the machine's peak, is the share of the peak that the
 libraries' kernels allow at the row's shapes; the measured time over the floor is what the rest costs.
@@ -18,7 +19,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
+from torch import Tensor
 
 from ..fast_generator.linear import PackedWeights
 from .measure import Row, translate
@@ -39,29 +40,42 @@ def _linear(shapes: Shapes):
 
 
 def _addmm(shapes: Shapes):
-    bias, a, b = (torch.randn(*s) for s in shapes[:3])
+    bias, a, b = (torch.randn(tuple(s)) for s in shapes[:3])
     return lambda: torch.addmm(bias, a, b)
 
 
 def _mm(shapes: Shapes):
-    a, b = (torch.randn(*s) for s in shapes[:2])
+    a, b = (torch.randn(tuple(s)) for s in shapes[:2])
     return lambda: torch.mm(a, b)
 
 
 def _bmm(shapes: Shapes):
-    a, b = (torch.randn(*s) for s in shapes[:2])
+    a, b = (torch.randn(tuple(s)) for s in shapes[:2])
     return lambda: torch.bmm(a, b)
 
 
-def _sdpa(shapes: Shapes):
-    q, k, v = (torch.randn(*s) for s in shapes[:3])
-    masks = [s for s in shapes[3:] if len(s) == 4]
-    mask = torch.ones(*masks[0], dtype=torch.bool) if masks else None
-    return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+def _mask(shapes: Shapes, position: int) -> Optional[Tensor]:
+    """An additive (float, all-zero) attention mask of the shape recorded at ``position`` (None where none
+    was); the fused kernels take masks in the query's dtype (``F.scaled_dot_product_attention`` converts a
+    boolean one before calling them)."""
+    shape = shapes[position] if len(shapes) > position else ()
+    return torch.zeros(tuple(shape)) if shape else None
+
+
+def _sdpa_flash(shapes: Shapes):
+    q, k, v = (torch.randn(tuple(s)) for s in shapes[:3])
+    mask = _mask(shapes, 5)  # (query, key, value, dropout_p, is_causal, attn_mask, scale)
+    return lambda: torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)
+
+
+def _sdpa_math(shapes: Shapes):
+    q, k, v = (torch.randn(tuple(s)) for s in shapes[:3])
+    mask = _mask(shapes, 3)  # (query, key, value, attn_mask, ...)
+    return lambda: torch.ops.aten._scaled_dot_product_attention_math(q, k, v, attn_mask=mask)
 
 
 def _log_softmax(shapes: Shapes):
-    x = torch.randn(*shapes[0])
+    x = torch.randn(tuple(shapes[0]))
     out = torch.empty_like(x)
     return lambda: torch.log_softmax(x, dim=-1, out=out)
 
@@ -72,24 +86,42 @@ KERNELS: Dict[str, Callable[[Shapes], Callable[[], object]]] = {
     "aten::addmm": _addmm,
     "aten::mm": _mm,
     "aten::bmm": _bmm,
-    SDPA: _sdpa,
-    SDPA_MATH: _sdpa,
+    SDPA: _sdpa_flash,
+    SDPA_MATH: _sdpa_math,
     "aten::_log_softmax": _log_softmax,
 }
 
 
-def record_calls(row: Row, out_len: Optional[int]) -> List[Tuple[str, Tuple, int]]:
-    """``(operator, input shapes, count)`` of the :data:`KERNELS` operators over one pass of ``row``."""
+def _freeze(shape) -> Tuple:
+    """A profiler input shape as nested tuples (a non-tensor argument: ``()``)."""
+    if not isinstance(shape, (list, tuple)):
+        return ()
+    return tuple(d if isinstance(d, int) else _freeze(d) for d in shape)
+
+
+def _inside_kernel(event) -> bool:
+    """Whether a profiler event runs inside a :data:`KERNELS` call (counted with it, not again)."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name in KERNELS:
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def record_calls(run: Callable[[], object]) -> List[Tuple[str, Tuple, int]]:
+    """``(operator, input shapes, count)`` of the outermost :data:`KERNELS` calls made by ``run()`` (a
+    call inside another, e.g. the products of the math attention, belongs to the outer one)."""
     from torch.profiler import ProfilerActivity, profile
 
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        translate(row, out_len)
-    calls = []
-    for event in prof.key_averages(group_by_input_shape=True):
-        if event.key in KERNELS and event.count:
-            shapes = tuple(tuple(s) for s in event.input_shapes if isinstance(s, (list, tuple)))
-            calls.append((event.key, shapes, event.count))
-    return calls
+        run()
+    counts: Dict[Tuple[str, Tuple], int] = {}
+    for event in prof.events():
+        if event.name in KERNELS and not _inside_kernel(event):
+            key = (event.name, tuple(_freeze(s) for s in event.input_shapes))
+            counts[key] = counts.get(key, 0) + 1
+    return [(name, shapes, count) for (name, shapes), count in counts.items()]
 
 
 def best_seconds(kernel: Callable[[], object], calls: int = 5) -> float:
@@ -110,7 +142,7 @@ def kernel_floor(row: Row, out_len: Optional[int], calls: int = 5) -> Dict:
     by_kernel: Dict[str, float] = {}
     counts: Dict[str, int] = {}
     timed: Dict[Tuple[str, Tuple], float] = {}
-    for name, shapes, count in record_calls(row, out_len):
+    for name, shapes, count in record_calls(lambda: translate(row, out_len)):
         key = (name, shapes)
         if key not in timed:
             timed[key] = best_seconds(KERNELS[name](shapes), calls)

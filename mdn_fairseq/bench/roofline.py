@@ -7,7 +7,7 @@ square matrix product (``--peak-size``, 2048 by default) over a few calls -- fp3
 linear (the lean search's, :mod:`mdn_fairseq.fast_generator.linear`), on the plain and on the packed
 weight, and the peak is the fastest of the three: on AMD CPUs ``torch.matmul`` (MKL) reaches well under
 half of what oneDNN does, and a limit taken from it alone would not be the machine's; oneDNN on a packed
-weight (what the lean search runs) is another 5-8% faster.  A row's *limit* is the time its
+weight (what the lean search runs) is another 2-5% faster at 2048^3 on the machine of the README.  A row's *limit* is the time its
 FLOPs take at that peak; the *gap* is its measured time minus the limit.  With ``--profile`` the gap
 is split into the matrix products running below peak (per group: profiled time minus the group's
 limit) and the overhead outside them (the profile's ``other``: beam search, softmax, norms, Python),

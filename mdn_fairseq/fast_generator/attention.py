@@ -62,8 +62,8 @@ class PackedSelfAttention(nn.Module):
         projections = (attn.q_proj, attn.k_proj, attn.v_proj)
         cache = packed_weights(attn.q_proj)  # inside onednn_linears with a PackedWeights cache
         plain = all(type(p) is nn.Linear for p in projections)
-        packed = cache.get(*(p.weight for p in projections)) if plain and cache is not None else None
-        if packed is not None and onednn_takes(x, packed):  # the packed stacked weight: no torch.cat per call
+        if plain and cache is not None and onednn_takes(x, attn.q_proj.weight, 3 * heads * dim):
+            packed = cache.get(*(p.weight for p in projections))  # stacked and packed once: no torch.cat per call
             biases = [p.bias for p in projections]
             bias = None if any(b is None for b in biases) else torch.cat(biases)
             qkv = linear(x, packed, bias, packed=packed)

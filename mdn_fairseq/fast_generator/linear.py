@@ -20,7 +20,7 @@ oneDNN's blocked copy of their weight (``torch.ops.mkldnn._reorder_linear_weight
 with freezing makes), made once and kept across calls, instead of having oneDNN reorder the plain weight
 on every call: on the machine above 5-10% faster on the encoder's products (e.g. 1776x512x2048: 463 ->
 491 GFLOP/s with 22 distinct layers' weights) and 30% on a 10K-wide rank-64 output layer (256x64x10000:
-0.82 -> 0.63 ms), at the memory of one more copy of those weights.
+0.82 -> 0.63 ms), at the memory of one more copy of the weights that reach oneDNN.
 
 Results equal ``F.linear``'s to float32 rounding (the products sum in another order; tested); the
 backend is a generator option, ``linear_backend``: ``auto`` (oneDNN where this torch build has it),
@@ -30,7 +30,7 @@ backend is a generator option, ``linear_backend``: ``auto`` (oneDNN where this t
 import types
 import weakref
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -67,11 +67,12 @@ def resolve_backend(backend: str) -> str:
 MIN_ONEDNN_MACS = 4_000_000
 
 
-def onednn_takes(x: Tensor, weight: Tensor) -> bool:
+def onednn_takes(x: Tensor, weight: Tensor, out_features: Optional[int] = None) -> bool:
     """Whether :func:`linear` computes ``x`` (..., in) times ``weight`` (out, in; plain or packed) on oneDNN:
-    float32 CPU tensors, no autocast, no autograd through them, at least :data:`MIN_ONEDNN_MACS`."""
+    float32 CPU tensors, no autocast, no autograd through them, at least :data:`MIN_ONEDNN_MACS`
+    multiply-adds (``out_features`` outputs per row when given, e.g. for weights to be stacked, else out)."""
     return (
-        x.numel() * weight.size(0) >= MIN_ONEDNN_MACS
+        x.numel() * (weight.size(0) if out_features is None else out_features) >= MIN_ONEDNN_MACS
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and x.device.type == "cpu"
@@ -87,12 +88,22 @@ def onednn_takes(x: Tensor, weight: Tensor) -> bool:
 PACK_ROWS_HINT = 256
 
 
+def _version(w: Tensor) -> Optional[int]:
+    """``w``'s version counter (bumped by in-place writes), or None for an inference-mode tensor (which has none)."""
+    try:
+        return w._version
+    except RuntimeError:
+        return None
+
+
 class PackedWeights:
     """oneDNN's packed (blocked-layout) copies of float32 CPU weights, made on first use and kept across
-    calls; a copy is remade when its weights change (another tensor, or the same one written in place: its
-    version counter) and dropped when they are freed.  One per generator: no state is shared between
-    generators.  Source: torch's own CPU compiler packs linear weights this way (``torch/_inductor/
-    fx_passes/mkldnn_fusion.py``)."""
+    calls.  A copy is remade when its weights change: another tensor, or the same one written in place
+    through the parameter (``weight.mul_(...)``, ``load_state_dict``: its version counter); writes through
+    ``weight.data`` bypass that counter, so after them call :meth:`clear`.  Copies whose weights were freed,
+    moved or rewritten are dropped at the next :meth:`drop_stale` (each :func:`onednn_linears` block
+    starts with one).  The lean search keeps one per generator.  Source: torch's own CPU compiler packs
+    linear weights this way (``torch/_inductor/fx_passes/mkldnn_fusion.py``)."""
 
     def __init__(self):
         self._copies: Dict[Tuple[int, ...], Tuple[Tuple, Tensor]] = {}
@@ -100,21 +111,33 @@ class PackedWeights:
     def __len__(self) -> int:
         return len(self._copies)
 
+    @staticmethod
+    def _current(stamp: Tuple, weights: Sequence[Tensor]) -> bool:
+        return all(r() is w and p == w.data_ptr() and v == _version(w) for (r, p, v), w in zip(stamp, weights))
+
     def get(self, *weights: Tensor) -> Tensor:
         """The packed copy of ``weights`` (each (out_i, in), float32, CPU) stacked along the output
         dimension (``torch.cat(weights)``): (sum out_i, in), for :func:`linear`'s ``weight``."""
         key = tuple(id(w) for w in weights)
-        stamp = tuple((weakref.ref(w), w.data_ptr(), w._version) for w in weights)
         kept = self._copies.get(key)
-        if kept is not None and all(
-            r() is w and p == w.data_ptr() and v == w._version for (r, p, v), w in zip(kept[0], weights)
-        ):
+        if kept is not None and self._current(kept[0], weights):
             return kept[1]
         plain = weights[0].detach() if len(weights) == 1 else torch.cat([w.detach() for w in weights])
         packed = torch.ops.mkldnn._reorder_linear_weight(plain.contiguous(), PACK_ROWS_HINT)
-        self._copies = {k: c for k, c in self._copies.items() if all(r() is not None for r, _, _ in c[0])}
-        self._copies[key] = (stamp, packed)
+        self._copies[key] = (tuple((weakref.ref(w), w.data_ptr(), _version(w)) for w in weights), packed)
         return packed
+
+    def drop_stale(self) -> None:
+        """Drop the copies whose weights were freed, moved to other memory or written in place."""
+        self._copies = {
+            k: c
+            for k, c in self._copies.items()
+            if all(r() is not None for r, _, _ in c[0]) and self._current(c[0], [r() for r, _, _ in c[0]])
+        }
+
+    def clear(self) -> None:
+        """Drop every copy (e.g. after writing weights through ``.data``)."""
+        self._copies = {}
 
 
 def linear(
@@ -135,9 +158,11 @@ def linear(
 
 def _onednn_forward(self: nn.Linear, x: Tensor, activation: str = "none") -> Tensor:
     """The instance ``forward`` :func:`onednn_linears` gives a layer: ``activation`` ``none`` or ``relu``;
-    with the packed weight :func:`onednn_linears` attached, if any."""
+    with the weight's packed copy from the cache :func:`onednn_linears` attached, if any (made at the
+    layer's first product on oneDNN: layers whose products stay on ``F.linear`` get no copy)."""
     if onednn_takes(x, self.weight):
-        weight = self.__dict__.get("onednn_weight", self.weight)
+        cache = self.__dict__.get("onednn_packed")
+        weight = self.weight if cache is None else cache.get(self.weight)
         return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, activation, [], "")
     y = F.linear(x, self.weight, self.bias)
     return torch.relu_(y) if activation == "relu" else y
@@ -164,25 +189,26 @@ def onednn_linears(
 ) -> Iterator[List[nn.Linear]]:
     """Within the block, every ``nn.Linear`` of ``model`` (exactly that class: quantized and other
     subclasses keep their own forward) with float32 CPU weights computes on oneDNN; yields those layers.
-    With ``packed``, each computes with its weight's packed copy from that cache (:class:`PackedWeights`;
-    :func:`packed_weights` gives the cache to code that stacks several layers' weights).  Nothing
-    changes with ``enabled`` False.  Layers that already have an instance ``forward`` are left alone; on
-    exit (also on an error) each layer gets its class's ``forward`` back and loses the packed weight."""
+    With ``packed``, each computes with its weight's packed copy from that cache (:class:`PackedWeights`,
+    whose stale copies are dropped first; :func:`packed_weights` gives the cache to code that stacks
+    several layers' weights).  Nothing changes with ``enabled`` False.  Layers that already have an
+    instance ``forward`` (e.g. inside another generator's block over the same model) are left alone; on
+    exit (also on an error) each layer gets its class's ``forward`` back and loses the cache."""
     patched = []
     try:
         if enabled:
+            if packed is not None:
+                packed.drop_stale()
             for m in model.modules():
                 plain = type(m) is nn.Linear and "forward" not in m.__dict__
                 if plain and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu":
                     m.forward = types.MethodType(_onednn_forward, m)
                     patched.append(m)
                     if packed is not None:
-                        m.__dict__["onednn_weight"] = packed.get(m.weight)
                         m.__dict__["onednn_packed"] = packed
         yield patched
     finally:
         for m in patched:
-            for name in ("onednn_weight", "onednn_packed"):
-                m.__dict__.pop(name, None)
+            m.__dict__.pop("onednn_packed", None)
             if on_onednn(m):
                 del m.forward

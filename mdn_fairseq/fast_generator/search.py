@@ -6,7 +6,7 @@ fairseq's Transformer, MDN, AAN and SAN, :class:`~.compressed.CANSteps` for CAN 
 a time on the search's own buffers -- or, for a peer that the packed route does not replicate,
 :class:`~.incremental.IncrementalSteps`, the model's own incremental forward, with the reason logged);
 the candidates come from fairseq's log-probabilities (one fused ``log_softmax`` pass into a reused
-buffer) ranked block-wise (:mod:`.topk`) instead of one ``topk`` over each sentence's beam x vocab.
+buffer, and a per-row maximum to catch NaN rows) ranked block-wise (:mod:`.topk`) instead of one ``topk`` over each sentence's beam x vocab.
 Each hypothesis carries what fairseq's carries: tokens, score, positional scores, ``attention`` (src_len, tgt_len) and, with ``print_alignment``, ``alignment``.
 
 Half precision (a model in float16/bfloat16: ``--fp16``, ``--bf16``; or a float32 model run under
@@ -363,7 +363,8 @@ class FastSequenceGenerator(nn.Module):
     def _candidates(self, logits: Tensor, beams: Beams, step: int, max_len: int, exact: bool):
         """``search.BeamSearch.step``: the top ``2*beam`` (score, token, beam) per sentence, each (bsz, 2*beam).
         The log-probabilities are fairseq's (``log_softmax`` of the float32 logits, NaN set to -inf), written
-        into the beams' reusable scratch (one fused pass over the n x V logits); in float32 the top of
+        into the beams' reusable scratch (one fused pass over the n x V logits, and a per-row maximum to find rows
+        with NaN); in float32 the top of
         ``score + log-probability`` comes from :func:`.topk.top_k_shifted`, in half precision from one
         ``torch.topk`` over each sentence's beam x vocab, as fairseq ranks them."""
         if self.temperature != 1.0:
