@@ -220,6 +220,7 @@ def test_sweeps_write_csv_and_png(tmp_path, kind, values):
         (["--path", "x.pt", "--data", "d", "--input", "i", "--sweep", "srclen"], "--sweep srclen"),
         (["--synthetic", "mdn_tiny", "--sweep", "srclen", "--sweep-values", "1"], "must be >= 2"),
         (["--synthetic", "mdn_tiny", "--sweep", "beam", "--latency"], "--sweep and --latency are separate"),
+        (["--synthetic", "mdn_tiny", "--sweep", "srclen", "--floor"], "--sweep and --floor are separate"),
         (["--synthetic", "mdn_tiny", "--peak-size", "8"], "--peak-size 8: must be >= 16"),
         (["--synthetic", "mdn_tiny", "--latency-sentences", "0"], "--latency-sentences 0: must be >= 1"),
     ],

@@ -255,8 +255,8 @@ def _check_sweep(args):
         raise MDNError("--sweep srclen draws random sentences of each length, which needs --synthetic models")
     if args.sweep_values and not args.sweep:
         raise MDNError("--sweep-values needs --sweep batch|beam|bpe|srclen")
-    if args.sweep and (args.latency or args.reference):
-        flag = "--latency" if args.latency else "--reference"
+    if args.sweep and (args.latency or args.reference or args.floor):
+        flag = "--latency" if args.latency else "--reference" if args.reference else "--floor"
         raise MDNError(f"--sweep and {flag} are separate measurements: run them in two commands")
     if not args.sweep:
         return

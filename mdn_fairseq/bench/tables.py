@@ -123,10 +123,11 @@ def latency_table(records: List[Dict]) -> str:
 
 
 FLOOR_HEADING = (
-    "Kernel floor (ms per batch): the row's matrix products, fused attention and log_softmax, each call "
-    "re-timed alone at its recorded shapes (best of 5, warm cache, packed weights), summed; everything else "
-    "(norms, adds, indexing, top-k, beam bookkeeping, Python) counted as free. *% of peak at the floor*: "
-    "the most this row's arithmetic could reach with these kernels:"
+    "Kernel floor (ms per batch; fp32 CPU rows only): the row's matrix products (`_linear_pointwise`: oneDNN, "
+    "its weight packed; `addmm`/`mm`/`bmm`: torch's BLAS), fused attention and log_softmax, each call re-timed "
+    "alone at its recorded shapes (best of 5, warm cache), summed; everything else (norms, adds, indexing, "
+    "top-k, beam bookkeeping, Python) counted as free. *% of peak at the floor*: the most this row's "
+    "arithmetic could reach with these kernels; calls are per pass over all batches:"
 )
 
 
@@ -135,7 +136,7 @@ def floor_table(records: List[Dict], batches: int) -> str:
     at the floor, measured over floor, and the floor per kernel."""
     lines = [
         "| model | ms/batch measured | ms/batch floor | % of peak measured | % of peak at the floor "
-        "| measured / floor | floor by kernel (ms/batch) |",
+        "| measured / floor | floor by kernel (ms/batch, calls per pass) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in records:
