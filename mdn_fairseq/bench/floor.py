@@ -15,14 +15,14 @@ devices get no floor.
 """
 
 import math
-import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from torch.profiler import ProfilerActivity, profile
 
 from ..fast_generator.linear import PackedWeights
-from .measure import Row, translate
+from .measure import Row, best_seconds, translate
 
 Shapes = Sequence[Sequence[int]]
 
@@ -112,8 +112,6 @@ def _inside_kernel(event) -> bool:
 def record_calls(run: Callable[[], object]) -> List[Tuple[str, Tuple, int]]:
     """``(operator, input shapes, count)`` of the outermost :data:`KERNELS` calls made by ``run()`` (a
     call inside another, e.g. the products of the math attention, belongs to the outer one)."""
-    from torch.profiler import ProfilerActivity, profile
-
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         run()
     counts: Dict[Tuple[str, Tuple], int] = {}
@@ -122,18 +120,6 @@ def record_calls(run: Callable[[], object]) -> List[Tuple[str, Tuple, int]]:
             key = (event.name, tuple(_freeze(s) for s in event.input_shapes))
             counts[key] = counts.get(key, 0) + 1
     return [(name, shapes, count) for (name, shapes), count in counts.items()]
-
-
-def best_seconds(kernel: Callable[[], object], calls: int = 5) -> float:
-    """The fastest of ``calls`` runs of ``kernel`` (seconds), after one warm-up run."""
-    with torch.no_grad():
-        kernel()
-        times = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            kernel()
-            times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def kernel_floor(row: Row, out_len: Optional[int], calls: int = 5) -> Dict:

@@ -84,6 +84,21 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def best_seconds(kernel: Callable[[], object], calls: int = 5, device: str = "cpu") -> float:
+    """The fastest of ``calls`` runs of ``kernel`` (seconds, the device's queued work included), after
+    one warm-up run, without autograd."""
+    with torch.no_grad():
+        kernel()
+        seconds = []
+        for _ in range(calls):
+            sync(device)
+            start = time.perf_counter()
+            kernel()
+            sync(device)
+            seconds.append(time.perf_counter() - start)
+    return min(seconds)
+
+
 def _status_kib(key: str) -> Optional[int]:
     try:
         with open("/proc/self/status") as f:

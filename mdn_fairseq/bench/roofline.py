@@ -15,7 +15,6 @@ which holds no counted arithmetic.
 """
 
 import statistics
-import time
 import warnings
 from typing import Dict, Iterable, List, Optional
 
@@ -24,7 +23,7 @@ from torch import nn
 
 from ..fast_generator.linear import PackedWeights, linear, onednn_unavailable_reason
 from .flops import GROUPS, count_flops
-from .measure import Row, sync
+from .measure import Row, best_seconds
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -60,7 +59,7 @@ def measure_peak(precision: str, device: str, size: int = 2048, calls: int = 5) 
             products["oneDNN linear, fp32"] = lambda: linear(a, b)
             packed = PackedWeights().get(b)  # as the lean search computes (see its .linear)
             products["oneDNN linear, fp32, packed weight"] = lambda: linear(a, b, packed=packed)
-    rates = {method: _best_rate(product, device, size, calls) for method, product in products.items()}
+    rates = {method: 2 * size**3 / best_seconds(product, calls, device) / 1e9 for method, product in products.items()}
     method = max(rates, key=rates.get)
     return {
         "precision": precision,
@@ -69,20 +68,6 @@ def measure_peak(precision: str, device: str, size: int = 2048, calls: int = 5) 
         "method": f"{method}, {size}^3, best of {calls}",
         "by_method": rates,
     }
-
-
-def _best_rate(product, device: str, size: int, calls: int) -> float:
-    """GFLOP/s of the fastest of ``calls`` runs of ``product`` (a ``size``^3 product), after a warm-up."""
-    with torch.no_grad():
-        product()
-        seconds = []
-        for _ in range(calls):
-            sync(device)
-            start = time.perf_counter()
-            product()
-            sync(device)
-            seconds.append(time.perf_counter() - start)
-    return 2 * size**3 / min(seconds) / 1e9
 
 
 def measure_peaks(precisions: Iterable[str], device: str, size: int = 2048) -> Dict[str, Optional[Dict]]:

@@ -66,7 +66,7 @@ class PackedSelfAttention(nn.Module):
             packed = cache.get(*(p.weight for p in projections))  # stacked and packed once: no torch.cat per call
             biases = [p.bias for p in projections]
             bias = None if any(b is None for b in biases) else torch.cat(biases)
-            qkv = linear(x, packed, bias, packed=packed)
+            qkv = linear(x, packed, bias)
         elif plain:
             qkv = linear(x, *self.stacked_projection(), onednn=on_onednn(attn.q_proj))
         else:  # e.g. int8 dynamic-quantized layers: their own forward each

@@ -112,8 +112,12 @@ class PackedWeights:
         return len(self._copies)
 
     @staticmethod
-    def _current(stamp: Tuple, weights: Sequence[Tensor]) -> bool:
-        return all(r() is w and p == w.data_ptr() and v == _version(w) for (r, p, v), w in zip(stamp, weights))
+    def _current(stamp: Tuple, weights: Sequence[Optional[Tensor]]) -> bool:
+        """Whether ``weights`` are the live tensors ``stamp`` was made from, at the same memory and version."""
+        return all(
+            w is not None and r() is w and p == w.data_ptr() and v == _version(w)
+            for (r, p, v), w in zip(stamp, weights)
+        )
 
     def get(self, *weights: Tensor) -> Tensor:
         """The packed copy of ``weights`` (each (out_i, in), float32, CPU) stacked along the output
@@ -129,11 +133,7 @@ class PackedWeights:
 
     def drop_stale(self) -> None:
         """Drop the copies whose weights were freed, moved to other memory or written in place."""
-        self._copies = {
-            k: c
-            for k, c in self._copies.items()
-            if all(r() is not None for r, _, _ in c[0]) and self._current(c[0], [r() for r, _, _ in c[0]])
-        }
+        self._copies = {k: c for k, c in self._copies.items() if self._current(c[0], [r() for r, _, _ in c[0]])}
 
     def clear(self) -> None:
         """Drop every copy (e.g. after writing weights through ``.data``)."""
