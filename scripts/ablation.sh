@@ -20,9 +20,10 @@
 #  A3 evaluate  as reproduce.sh: average of the last 5 epoch checkpoints, beam 4, batch 64, lenpen 0.6
 #  A4 benchmark every row's model in one mdn-bench run (test source, batch 64, beam 4, CPU, both generators)
 #  A5 report    RESULTS/ablation.md and ablation.json
-# --bpe-sweep M1,M2,... (instead of the tables): BASELINE_ARCH trained at each target merge count, the source BPE
-# as the config's MDN BPE (one mdn-prepare config per count in WORK/bpe_sweep; the config's own count is
-# reproduce.sh's + BPE 10K), BLEU and one mdn-bench run over all points -> RESULTS/bpe_sweep.csv, .md, .png
+# --bpe-sweep M1,M2,... (instead of the tables): reproduce.sh's data (stage 1), then BASELINE_ARCH trained at each
+# target merge count, the source BPE as the config's MDN BPE (one mdn-prepare config per count in WORK/bpe_sweep;
+# the config's own count is reproduce.sh's + BPE 10K, reused or trained; nothing else of reproduce.sh is
+# trained), BLEU and one mdn-bench run over all points -> RESULTS/bpe_sweep.csv, .md, .png
 # (the plot needs matplotlib).  Default WORK: work/TASK (work/TASK-quick with --quick), shared with
 # reproduce.sh; RESULTS: results/TASK (WORK/results with --quick).  Re-running skips every finished stage
 # and resumes an interrupted training from its checkpoint_last.pt.
@@ -116,10 +117,9 @@ tables() {  # Tables 2 and 5
 
 bpe_sweep() {  # Fig. 1: BASELINE_ARCH at each target merge count of MERGES
   local n key dir prepared raw current points=() keys=()
-  local base=(--arch "$BASELINE_ARCH" --criterion label_smoothed_cross_entropy --label-smoothing 0.1)
   declare -A prepared_of
-  stage "S0 scripts/reproduce.sh ${ARGS[*]}"
-  bash "$REPRODUCE" "${ARGS[@]}"
+  stage "S0 prepare (reproduce.sh's stage 1: mdn-prepare; $CFG)"
+  prepare_data
   current=$([ $QUICK = 1 ] && echo "$QUICK_TGT_MERGES" || echo "$MDN_TGT_MERGES")
   stage "S1 one mdn-prepare config per target merge count (${MERGES[*]}; the config's own: $current)"
   mdn-report ablation sweep-configs --config "$CFG" --merges "$SWEEP" --current "$current" \
@@ -127,13 +127,14 @@ bpe_sweep() {  # Fig. 1: BASELINE_ARCH at each target merge count of MERGES
   for n in "${MERGES[@]}"; do
     if [ "$n" = "$current" ]; then
       key=bpe10k prepared=$D/mdn
-      stage "S2 $n target merges: the config's own, reproduce.sh's + BPE 10K ($WORK/bpe10k)"
+      stage "S2 $n target merges: the config's own, reproduce.sh's + BPE 10K ($WORK/bpe10k; trained here if missing)"
+      train_teacher
     else
       key=sweep_tgt$n dir=$WORK/bpe_sweep/tgt$n prepared=$WORK/bpe_sweep/tgt$n/data/mdn
       stage "S2 $n target merges: mdn-prepare, then $BASELINE_ARCH on this BPE"
       mdn-prepare --config "$dir/config.sh" --work "$dir/data" ${DATA_ARG:+--data "$DATA_ARG"} \
         $([ $QUICK = 1 ] && echo --quick) --workers "$THREADS"
-      train "$key" "$prepared/bin" "$MAX_EPOCH" "${base[@]}"
+      train "$key" "$prepared/bin" "$MAX_EPOCH" "${BASE[@]}"
     fi
     keys+=("$key") points+=(--point "$n=$key") && prepared_of[$key]=$prepared
   done

@@ -35,16 +35,12 @@ SCRIPT=reproduce.sh USAGE_LINES=2,30p
 source "$(dirname "${BASH_SOURCE[0]}")/lib/recipe.sh"
 
 stage "1 prepare (mdn-prepare; $CFG)"
-mdn-prepare --config "$CFG" --work "$D" ${DATA_ARG:+--data "$DATA_ARG"} $([ $QUICK = 1 ] && echo --quick) \
-  --workers "$THREADS"
+prepare_data
 
-BASE=(--arch "$BASELINE_ARCH" --criterion label_smoothed_cross_entropy --label-smoothing 0.1)
 stage "2 baseline: $BASELINE_ARCH on the baseline BPE"
 train baseline "$D/baseline/bin" "$MAX_EPOCH" "${BASE[@]}"
 stage "3 + BPE 10K: $BASELINE_ARCH on the MDN BPE (the teacher)"
-train bpe10k "$D/mdn/bin" "$MAX_EPOCH" "${BASE[@]}"
-average bpe10k
-TEACHER=$WORK/bpe10k/checkpoint_avg.pt
+train_teacher
 
 if [ "$STUDENT_DATA" = original+distilled ]; then
   stage "4 sequence-level KD data: the teacher translates the training set (mdn-seqkd, beam 4)"

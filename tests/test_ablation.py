@@ -347,6 +347,21 @@ def test_bpe_sweep_quick_writes_csv_and_plot(quick, multi30k):
         assert "matplotlib is not installed" in proc.stdout
 
 
+@pytest.mark.slow
+def test_bpe_sweep_trains_only_its_points(tmp_path, multi30k):
+    """A sweep without the config's own count needs reproduce.sh's data, not its models: only the points are
+    trained (no Baseline, + BPE 10K or MDN)."""
+    work = tmp_path / "work"
+    proc = run_ablation("multi30k_en_de", "--quick", "--bpe-sweep", "300", "--work", work, "--data", multi30k,
+                        "--threads", "2")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "] S0 prepare" in proc.stdout and (work / "data" / "mdn" / "bin").is_dir()
+    trained = sorted(p.parent.name for p in work.glob("*/checkpoint_last.pt"))
+    assert trained == ["sweep_tgt300"]
+    with open(work / "results" / "bpe_sweep.csv") as f:
+        assert [(r["tgt_merges"], r["key"]) for r in csv.DictReader(f)] == [("300", "sweep_tgt300")]
+
+
 def _has_matplotlib() -> bool:
     try:
         import matplotlib  # noqa: F401

@@ -72,6 +72,19 @@ CPU_RANKS=0  # 1: we start the --world-size processes (no CUDA)
 # shellcheck disable=SC2206
 [ -n "${EXTRA_TRAIN_ARGS:-}" ] && COMMON+=($EXTRA_TRAIN_ARGS)
 
+prepare_data() {  # stage 1: mdn-prepare (Moses, both BPEs, the length/ratio filter, fairseq-preprocess) -> WORK/data
+  mdn-prepare --config "$CFG" --work "$D" ${DATA_ARG:+--data "$DATA_ARG"} $([ $QUICK = 1 ] && echo --quick) \
+    --workers "$THREADS"
+}
+
+# the Baseline's training (BASELINE_ARCH, label smoothing 0.1); on the MDN BPE it is "+ BPE 10K", the teacher
+BASE=(--arch "$BASELINE_ARCH" --criterion label_smoothed_cross_entropy --label-smoothing 0.1)
+train_teacher() {  # "+ BPE 10K" (WORK/bpe10k) trained and averaged; TEACHER: its checkpoint_avg.pt
+  train bpe10k "$D/mdn/bin" "$MAX_EPOCH" "${BASE[@]}"
+  average bpe10k
+  TEACHER=$WORK/bpe10k/checkpoint_avg.pt
+}
+
 train() {  # train NAME DATA-BIN EPOCHS ARGS...
   local name=$1 data=$2 epochs=$3; shift 3
   local dir=$WORK/$name
