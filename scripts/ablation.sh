@@ -40,7 +40,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 set -- "${ARGS[@]}"
-SCRIPT=ablation.sh USAGE_LINES=2,28p
+SCRIPT=ablation.sh
 # shellcheck source=scripts/lib/recipe.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/recipe.sh"
 [ $PEERS = 0 ] || die "--peers is reproduce.sh's (Tables 4 and 7); the ablation tables do not use the peers"

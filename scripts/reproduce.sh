@@ -30,7 +30,7 @@
 # in N local processes (gloo, legacy_ddp: see scripts/lib/recipe.sh); more nodes: EXTRA_TRAIN_ARGS.
 set -euo pipefail
 
-SCRIPT=reproduce.sh USAGE_LINES=2,30p
+SCRIPT=reproduce.sh
 # shellcheck source=scripts/lib/recipe.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/recipe.sh"
 

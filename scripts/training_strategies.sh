@@ -15,11 +15,11 @@
 # Writes RESULTS/training_strategies.md and .json.  Re-running skips finished stages.
 set -euo pipefail
 
-bash "$(dirname "${BASH_SOURCE[0]}")/reproduce.sh" "$@"
-
-SCRIPT=training_strategies.sh USAGE_LINES=2,15p
+ARGS=("$@")
+SCRIPT=training_strategies.sh
 # shellcheck source=scripts/lib/recipe.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/recipe.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib/recipe.sh"  # the arguments (and --help) are checked here, first
+bash "$(dirname "${BASH_SOURCE[0]}")/reproduce.sh" "${ARGS[@]}"
 : "${KD_ALPHA:=0.5}"
 TEACHER=$WORK/bpe10k/checkpoint_avg.pt
 STUDENT=(--arch "$STUDENT_ARCH" --decoder-dropout 0)

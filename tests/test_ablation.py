@@ -2,6 +2,7 @@
 from fake work folders, and the script end to end on a --quick slice."""
 
 import csv
+import itertools
 import json
 import subprocess
 import sys
@@ -271,6 +272,22 @@ def test_script_fails_before_any_training_naming_the_flag(tmp_path, extra, drop,
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["ablation"]  # no data, no training folder
 
 
+@pytest.mark.parametrize("script", ["ablation.sh", "reproduce.sh", "training_strategies.sh"])
+def test_help_is_the_whole_header_comment(script):
+    lines = (REPO / "scripts" / script).read_text().splitlines()[1:]
+    header = "\n".join(itertools.takewhile(lambda line: line.startswith("#"), lines)) + "\n"
+    proc = subprocess.run(["bash", str(REPO / "scripts" / script), "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout == header
+
+
+@pytest.mark.parametrize("script", ["ablation.sh", "reproduce.sh"])
+def test_scripts_refuse_a_config_without_the_baseline_arch(tmp_path, script):
+    repo = _repo_with_config(tmp_path, "", "BASELINE_ARCH=")
+    proc = run_ablation("multi30k_en_de", "--work", tmp_path / "w", script=repo / "scripts" / script)
+    assert proc.returncode == 2 and "BASELINE_ARCH is missing" in proc.stderr, proc.stderr
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -336,7 +353,8 @@ def test_bpe_sweep_quick_writes_csv_and_plot(quick, multi30k):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(work / "results" / "bpe_sweep.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["tgt_merges"], r["key"]) for r in rows] == [("200", "bpe10k"), ("300", "sweep_tgt300")]  # 200: reused
+    assert [(r["tgt_merges"], r["key"]) for r in rows] == [("200", "bpe10k"), ("300", "sweep_tgt300")]
+    assert "bpe10k: trained (" in proc.stdout and "bpe10k: fairseq-train" not in proc.stdout  # 200: reused
     assert int(rows[1]["tgt_vocab"]) > int(rows[0]["tgt_vocab"])
     for r in rows:
         assert float(r["valid_bleu"]) >= 0 and float(r["cpu_fairseq_sent_per_s"]) > 0

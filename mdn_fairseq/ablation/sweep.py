@@ -4,7 +4,8 @@ each target merge count, the source BPE as the config's MDN BPE; BLEU (valid, ea
 
 Each merge count gets its own config (:func:`sweep_config_text`: the task config with the MDN BPE's target
 merges replaced), prepared by ``mdn-prepare`` into its own folder; the config's own target merge count is
-``reproduce.sh``'s ``+ BPE 10K`` model, reused.
+``reproduce.sh``'s ``+ BPE 10K`` model, reused when trained, else trained by the sweep (nothing else of
+``reproduce.sh`` is trained).
 """
 
 import csv
@@ -60,7 +61,7 @@ def sweep_config_text(config_path: str, tgt_merges: int) -> str:
 
 def write_sweep_configs(config_path: str, merges: Sequence[int], current: int, out_dir: str) -> Dict[int, str]:
     """Write ``out_dir/tgtN/config.sh`` (:func:`sweep_config_text`) for each merge count ``N`` other than
-    ``current`` (the config's own: ``reproduce.sh``'s model).  Returns ``{N: path}``."""
+    ``current`` (the config's own: ``reproduce.sh``'s + BPE 10K model, trained on its data).  Returns ``{N: path}``."""
     out = {}
     for n in merges:
         if n != current:

@@ -1,9 +1,9 @@
 # Shared by scripts/reproduce.sh and scripts/training_strategies.sh (sourced, not run): arguments,
 # the task's config, the work folders, and the stage functions train / average / evaluate.
-# The sourcing script sets SCRIPT (its name, for messages) and USAGE_LINES (its help text lines).
+# The sourcing script sets SCRIPT (its name, for messages); its help text is its header comment (after the shebang).
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 die() { echo "$SCRIPT: $*" >&2; exit 2; }
-usage() { sed -n "$USAGE_LINES" "$0"; }
+usage() { awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; }  # the header comment
 [ $# -ge 1 ] || { usage >&2; exit 2; }
 case $1 in -h|--help) usage; exit 0 ;; esac
 TASK=$1; shift
@@ -30,6 +30,8 @@ done
 [[ $THREADS =~ ^[1-9][0-9]*$ ]] || die "--threads takes a positive integer, got '$THREADS'"
 # shellcheck source=/dev/null
 source "$CFG"
+[ -n "${BASELINE_ARCH:-}" ] || die "$CFG: BASELINE_ARCH is missing (the Baseline's architecture, e.g." \
+  "BASELINE_ARCH=mdn_transformer_small; every recipe trains it)"
 if [ $QUICK = 1 ]; then
   WORK=${WORK:-$REPO/work/$TASK-quick}; RESULTS=${RESULTS:-$WORK/results}
   MAX_EPOCH=1 STUDENT_MAX_EPOCH=1 SEQKD_MAX_EPOCH=1 MAX_UPDATE=$QUICK_MAX_UPDATE WARMUP=10 REPEATS=1 BENCH_LINES=64
