@@ -72,6 +72,34 @@ def test_plan_lines_for_the_script(plan):
     assert by_key["abl2_shallow"][8] == "Table 2 Shallow decoder = Table 5 + shallow decoder"
 
 
+def test_plan_of_one_table_trains_only_its_rows(config):
+    two = ablation.build_plan(config, str(CONFIG), tables=(2,))
+    assert two["tables"] == [2] and [r["label"] for r in two["rows"]] == TABLE2
+    owners = {t["key"]: t["owner"] for t in two["trainings"]}
+    assert owners == {"bpe10k": "reproduce.sh", "abl2_shallow": "ablation.sh", "abl2_heads": "ablation.sh",
+                      "abl2_ffn": "ablation.sh", "abl2_rank": "ablation.sh"}  # fmt: skip
+    five = ablation.build_plan(config, str(CONFIG), tables=(5,))
+    assert [r["label"] for r in five["rows"]] == TABLE5
+    keys = {t["key"] for t in five["trainings"]}
+    # Table 5's "+ shallow decoder" keeps Table 2's key, so a --tables 2 run's model is reused by --tables 5
+    assert {"baseline", "bpe10k", "mdn", "abl2_shallow", "abl5_heads"} <= keys and "abl2_heads" not in keys
+    assert len(keys) == 10
+
+
+@pytest.mark.parametrize("text", ["3", "2,2", "2, 2", "", "two", "2,5,7", " 2", "02", "2, 5"])
+def test_tables_other_than_2_and_5_are_refused(text):
+    with pytest.raises(ablation.AblationError, match=f"--tables takes 2, 5 or 2,5 .*got '{text}'"):
+        ablation.parse_tables(text)
+
+
+def test_tables_parse_and_name_their_files():
+    assert ablation.parse_tables("5,2") == ablation.parse_tables("2,5") == (2, 5)
+    assert ablation.parse_tables("5") == (5,)
+    assert ablation.plan_path("W") == "W/ablation/plan.json" and ablation.bench_path("W", (2,)) == (
+        "W/ablation/bench_table2/cpu.json"
+    )
+
+
 def test_original_plus_distilled_student_data_makes_the_last_row_its_own_training(config):
     plan = ablation.build_plan(dict(config, STUDENT_DATA="original+distilled"))
     last = [r for r in plan["rows"] if r["label"] == "− label smoothing"][0]
@@ -177,9 +205,57 @@ def test_tables_have_every_row_with_bleu_and_speed(fake_work, plan, config):
     assert "test set test_2017_flickr (subset test1) is named in the config but could not be prepared" in md
     assert "not results" in md and "--quick`" in md
     assert "- `WORK/abl2_shallow`: Table 2 *Shallow decoder* = Table 5 *+ shallow decoder*" in md
-    assert "- `WORK/mdn` (reproduce.sh's, reused): Table 5 *− label smoothing*" in md
+    assert "- `WORK/mdn` (reproduce.sh's model): Table 5 *− label smoothing*" in md
     assert "cpu X, 2 threads, batch 64, beam 4" in md and result["setting"]["beam"] == 4
     assert json.loads(json.dumps(result)) == result  # JSON as it is written
+
+
+def test_table_2_alone(fake_work, config):
+    work, keys = fake_work
+    two = ablation.build_plan(config, str(CONFIG), tables=(2,))
+    md, result = ablation.build_tables(str(work), config, two)
+    assert list(result["tables"]) == ["2"] and [r["label"] for r in result["tables"]["2"]] == TABLE2
+    assert md.startswith("# multi30k_en_de: ablations (the paper's Table 2)")
+    assert "## Table 2 analogue" in md and "Table 5" not in md and "+ WD" not in md
+    assert "Models: `mdn_transformer_tiny` (Baseline) 2+2 layers, 64 wide" in md
+    assert set(two["models"]) == {"bpe10k", "abl2_shallow", "abl2_heads", "abl2_ffn", "abl2_rank"}
+    assert result["setting"]["student"] is None and result["setting"]["baseline"] == two["models"]["bpe10k"]
+    # its speeds come from its own benchmark (bench_table2), not from a run over both tables
+    assert "Speed: not measured (no WORK/ablation/bench_table2/cpu.json)" in md
+    _fake_bench(Path(ablation.bench_path(str(work), (2,))), {k: [10.0 * (i + 1)] * 3 for i, k in enumerate(keys)})
+    _, result = ablation.build_tables(str(work), config, two)
+    assert result["tables"]["2"][1]["cpu_fairseq_speedup"] == pytest.approx(
+        (keys.index("abl2_shallow") + 1) / (keys.index("bpe10k") + 1)
+    )
+
+
+def test_table_5_alone(fake_work, config):
+    work, keys = fake_work
+    five = ablation.build_plan(config, str(CONFIG), tables=(5,))
+    _fake_bench(Path(ablation.bench_path(str(work), (5,))), {k: [10.0 * (i + 1)] * 3 for i, k in enumerate(keys)})
+    md, result = ablation.build_tables(str(work), config, five)
+    assert list(result["tables"]) == ["5"] and [r["label"] for r in result["tables"]["5"]] == TABLE5
+    assert md.startswith("# multi30k_en_de: ablations (the paper's Table 5)")
+    assert "## Table 2" not in md and "(Table 2)" not in md and "Table 2 *" not in md
+    assert result["setting"]["sacrebleu_signature"] == result["tables"]["5"][0]["sacrebleu_signature"]
+    assert result["setting"]["student"] == five["models"]["mdn"]
+    assert all(r["cpu_fast_sent_per_s"] > 0 for r in result["tables"]["5"])
+
+
+def test_report_refuses_a_plan_made_for_other_tables(fake_work, config, tmp_path):
+    work, _ = fake_work
+    two = ablation.build_plan(config, str(CONFIG), tables=(2,))
+    plan_file = Path(ablation.plan_path(str(work), (2,)))
+    plan_file.parent.mkdir(parents=True, exist_ok=True)
+    plan_file.write_text(json.dumps(two))
+    out = [sys.executable, "-m", "mdn_fairseq.cli.report", "ablation", "table", "--work", str(work), "--config",
+           str(CONFIG), "--out-md", str(tmp_path / "a.md"), "--out-json", str(tmp_path / "a.json")]  # fmt: skip
+    proc = subprocess.run([*out, "--plan", str(plan_file)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "is for --tables 2, not --tables 2,5: pass --tables 2" in proc.stderr
+    assert not (tmp_path / "a.md").exists()
+    proc = subprocess.run([*out, "--tables", "2"], capture_output=True, text=True)  # the run's own plan by default
+    assert proc.returncode == 0, proc.stderr
+    assert "## Table 2 analogue" in (tmp_path / "a.md").read_text()
 
 
 def test_tables_name_what_is_missing(fake_work, plan, config):
@@ -296,18 +372,36 @@ def test_scripts_refuse_a_config_without_the_baseline_arch(tmp_path, script):
         (["--bpe-sweep", "300,300"], "--bpe-sweep 300,300 names 300 twice"),
         (["--bpe-sweep", "--quick"], "--bpe-sweep needs a comma list of target merge counts"),
         (["--peers"], "--peers is reproduce.sh's"),
+        (["--tables", "3"], "--tables takes 2, 5 or 2,5 (the paper's Tables 2 and 5), got '3'"),
+        (["--tables"], "--tables needs 2, 5 or 2,5"),
+        (["--tables", "2", "--bpe-sweep", "300"], "--tables and --bpe-sweep make different results"),
     ],
 )
 def test_script_refuses_bad_arguments_at_once(tmp_path, args, message):
     proc = run_ablation("multi30k_en_de", *args, "--work", tmp_path / "w")
     assert proc.returncode == 2 and message in proc.stderr
     assert not (tmp_path / "w" / "data").exists()
+    if "--tables" in args:  # refused before the config is read: not even the work folder is made
+        assert not (tmp_path / "w").exists()
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory, multi30k):
-    """One ``ablation.sh multi30k_en_de --quick`` run (reproduce.sh's rows included): (work, CompletedProcess)."""
+def quick_table2(tmp_path_factory, multi30k):
+    """``ablation.sh multi30k_en_de --quick --tables 2`` in a new work folder: (work, CompletedProcess, the
+    folders that had a trained model after it, the files in its results folder then)."""
     work = tmp_path_factory.mktemp("ablation") / "work"
+    proc = run_ablation("multi30k_en_de", "--quick", "--tables", "2", "--work", work, "--data", multi30k,
+                        "--threads", "2")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    written = sorted(p.name for p in (work / "results").iterdir())
+    return work, proc, sorted(p.parent.name for p in work.glob("*/checkpoint_last.pt")), written
+
+
+@pytest.fixture(scope="module")
+def quick(quick_table2, multi30k):
+    """Then ``ablation.sh multi30k_en_de --quick`` (both tables, reproduce.sh's rows included) in the same work
+    folder, reusing Table 2's models: (work, CompletedProcess)."""
+    work = quick_table2[0]
     proc = run_ablation("multi30k_en_de", "--quick", "--work", work, "--data", multi30k, "--threads", "2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work, proc
@@ -318,6 +412,9 @@ def test_ablation_quick_end_to_end(quick, multi30k):
     work, proc = quick
     for stage in ("A0", "A1", "A2", "A3", "A4", "A5"):
         assert f"] {stage} " in proc.stdout
+    # the --tables 2 run before it (same work folder) trained Table 2's models: reused, not trained again
+    assert "abl2_heads: trained (" in proc.stdout and "abl2_heads: fairseq-train" not in proc.stdout
+    assert "abl5_heads: fairseq-train" in proc.stdout
     result = json.loads((work / "results" / "ablation.json").read_text())
     t2, t5 = result["tables"]["2"], result["tables"]["5"]
     assert [r["label"] for r in t2] == TABLE2 and [r["label"] for r in t5] == TABLE5
@@ -378,6 +475,20 @@ def test_bpe_sweep_trains_only_its_points(tmp_path, multi30k):
     assert trained == ["sweep_tgt300"]
     with open(work / "results" / "bpe_sweep.csv") as f:
         assert [(r["tgt_merges"], r["key"]) for r in csv.DictReader(f)] == [("300", "sweep_tgt300")]
+
+
+@pytest.mark.slow
+def test_table_2_alone_trains_only_its_rows(quick_table2):
+    """--tables 2 needs reproduce.sh's data and + BPE 10K, not its Baseline or MDN, nor Table 5's rows."""
+    work, proc, trained, written = quick_table2
+    assert "] A1 reproduce.sh's data (mdn-prepare) and + BPE 10K" in proc.stdout
+    assert trained == ["abl2_ffn", "abl2_heads", "abl2_rank", "abl2_shallow", "bpe10k"]
+    assert [n for n in written if n.startswith("ablation")] == ["ablation_table2.json", "ablation_table2.md"]
+    result = json.loads((work / "results" / "ablation_table2.json").read_text())
+    assert list(result["tables"]) == ["2"] and [r["label"] for r in result["tables"]["2"]] == TABLE2
+    assert all(r["cpu_fast_sent_per_s"] > 0 for r in result["tables"]["2"])
+    md = (work / "results" / "ablation_table2.md").read_text()
+    assert "Made by `bash scripts/ablation.sh multi30k_en_de --quick --tables 2`" in md
 
 
 def _has_matplotlib() -> bool:

@@ -10,20 +10,25 @@ after another) and Fig. 1's BLEU half (target BPE merges against BLEU and speed)
 The ``mdn-report ablation`` CLI (:mod:`mdn_fairseq.cli.report_ablation`) is a thin layer over it.
 """
 
-from .plan import AblationError, Row, Training, bash_lines, build_plan, resolve_model
+from .plan import TABLES, AblationError, Row, Training, bash_lines, build_plan, parse_tables, resolve_model, suffix
 from .sweep import build_sweep, parse_merges, sweep_config_text, write_sweep_configs
-from .tables import build_tables
+from .tables import bench_path, build_tables, plan_path
 
 __all__ = [
+    "TABLES",
     "AblationError",
     "Row",
     "Training",
     "bash_lines",
+    "bench_path",
     "build_plan",
     "build_sweep",
     "build_tables",
     "parse_merges",
+    "parse_tables",
+    "plan_path",
     "resolve_model",
+    "suffix",
     "sweep_config_text",
     "write_sweep_configs",
 ]

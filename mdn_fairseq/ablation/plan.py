@@ -31,6 +31,8 @@ _TABLE2 = (("abl2_shallow", "Shallow decoder", 0), ("abl2_heads", "One head", 1)
 _TABLE5 = (("abl5_shallow", "+ shallow decoder"), ("abl5_heads", "+ pruning heads"), ("abl5_ffn", "+ dropping FFN"),
            ("abl5_rank", "+ output factorisation"), ("abl5_deep", "+ deep configuration"))  # fmt: skip
 _REQUIRED = ("BASELINE_ARCH", "STUDENT_ARCH", "STUDENT_DATA", "MAX_EPOCH", "STUDENT_MAX_EPOCH")
+#: The paper's tables this module makes.
+TABLES = (2, 5)
 
 
 class AblationError(MDNError):
@@ -182,11 +184,30 @@ def _summary(args: Dict) -> Dict:
     return {k: args.get(k) for k in keys}
 
 
-def build_plan(config: Dict[str, str], path: str = "the config") -> Dict:
-    """The ablation's plan: ``{"trainings": [...], "rows": [...], "models": {key: dims}}`` (JSON-ready; see
-    :class:`Training` and :class:`Row`).  Each row's model is resolved (:func:`resolve_model`); rows whose
-    model, data, recipe and epochs are the same share the first such training.  Raises
-    :class:`AblationError` naming ``path``, the row, its config variables and the flag that failed."""
+def parse_tables(text: str) -> Tuple[int, ...]:
+    """``"2"``, ``"5"``, ``"2,5"`` or ``"5,2"`` (``--tables``) as a sorted tuple; anything else raises
+    :class:`AblationError` naming the value and the tables there are."""
+    parts = text.split(",")
+    if not all(p in ("2", "5") for p in parts) or len(set(parts)) != len(parts):
+        raise AblationError(f"--tables takes 2, 5 or 2,5 (the paper's Tables 2 and 5), got '{text}'")
+    return tuple(sorted(int(p) for p in parts))
+
+
+def suffix(tables: Sequence[int]) -> str:
+    """The file-name suffix of a choice of tables: ``""`` for both, ``"_table2"`` or ``"_table5"`` for one
+    (``ablation_table2.md``, ``WORK/ablation/plan_table2.json``, ``WORK/ablation/bench_table2``)."""
+    tables = tuple(sorted(tables))
+    return "" if tables == TABLES else "_table" + "_".join(map(str, tables))
+
+
+def build_plan(config: Dict[str, str], path: str = "the config", tables: Sequence[int] = TABLES) -> Dict:
+    """The ablation's plan for ``tables`` (a subset of :data:`TABLES`): ``{"tables": [...], "trainings": [...],
+    "rows": [...], "models": {key: dims}}`` (JSON-ready; see :class:`Training` and :class:`Row`).  Only the
+    trainings that the chosen tables' rows use are in it (Table 2 alone: ``reproduce.sh``'s + BPE 10K and
+    the four tricks).  Each model is resolved (:func:`resolve_model`); rows whose model, data, recipe and
+    epochs are the same share the first such training.  Raises :class:`AblationError` naming ``path``, the
+    row, its config variables and the flag that failed (every row of both tables is checked)."""
+    tables = parse_tables(",".join(map(str, tables)))
     trainings, rows = candidates(config, path)
     labels = {key: f"Table {t} '{label}'" for t, label, key, _ in reversed(rows)}
     kept: Dict[Tuple, Training] = {}
@@ -204,11 +225,13 @@ def build_plan(config: Dict[str, str], path: str = "the config") -> Dict:
         signature = (model, t.data, t.smoothing, t.wd, int(config[t.epochs]))
         canonical[t.key] = kept.setdefault(signature, t).key
         models.setdefault(canonical[t.key], _summary(args))
+    rows = [r for r in rows if r[0] in tables]
     used = {canonical[key] for _, _, key, _ in rows}
     return {
+        "tables": list(tables),
         "trainings": [t.to_dict() for t in trainings if canonical[t.key] == t.key and t.key in used],
         "rows": [asdict(Row(table, label, canonical[key], key, change)) for table, label, key, change in rows],
-        "models": models,
+        "models": {key: dims for key, dims in models.items() if key in used},
     }
 
 

@@ -1,7 +1,9 @@
 """``mdn-report ablation``: the bookkeeping of ``scripts/ablation.sh`` (the paper's Tables 2, 5 and Fig. 1).
 
     mdn-report ablation plan --config configs/TASK.sh --out WORK/ablation/plan.json   # check rows, list trainings
+    mdn-report ablation plan --config configs/TASK.sh --tables 2 --out ...            # Table 2 alone
     mdn-report ablation table --work WORK --config configs/TASK.sh --out-md A.md --out-json A.json
+    mdn-report ablation table --work WORK --config configs/TASK.sh --tables 2 --out-md A2.md --out-json A2.json
     mdn-report ablation sweep-configs --config configs/TASK.sh --merges 2000,4000 --current 2000 --out-dir DIR
     mdn-report ablation sweep --work WORK --point 2000=bpe10k --point 4000=sweep_tgt4000 --out-csv S.csv
 
@@ -36,10 +38,12 @@ def add_parser(sub):
     p = actions.add_parser("plan", help="check every row's model, write the plan, print one line per training")
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True, help="the plan (JSON)")
+    p.add_argument("--tables", default="2,5", help="2, 5 or 2,5 (default): the tables whose rows are planned")
     t = actions.add_parser("table", help="ablation.md/.json of an ablation.sh work folder")
     t.add_argument("--work", required=True)
     t.add_argument("--config", required=True)
-    t.add_argument("--plan", help="the plan (default: WORK/ablation/plan.json)")
+    t.add_argument("--tables", default="2,5", help="2, 5 or 2,5 (default): the tables of the ablation.sh run")
+    t.add_argument("--plan", help="the plan (default: that run's, WORK/ablation/plan.json or plan_table2.json, ...)")
     t.add_argument("--out-md", required=True)
     t.add_argument("--out-json", required=True)
     t.add_argument("--command", default="", help="the command that made it (written into the markdown)")
@@ -60,15 +64,25 @@ def add_parser(sub):
 def body(args):
     """Run the ``ablation`` action of the parsed ``args``; bad input raises an MDNError."""
     if args.action == "plan":
-        plan = ablation.build_plan(read_config(args.config), args.config)
+        tables = ablation.parse_tables(args.tables)
+        plan = ablation.build_plan(read_config(args.config), args.config, tables)
         write_json(args.out, plan, keep_unchanged=True)
         print("\n".join(ablation.bash_lines(plan)))
     elif args.action == "table":
-        plan_path = args.plan or os.path.join(args.work, "ablation", "plan.json")
+        tables = ablation.parse_tables(args.tables)
+        plan_path = args.plan or ablation.plan_path(args.work, tables)
         if not os.path.isfile(plan_path):
-            raise CLIError(f"--plan {plan_path}: no such file; run scripts/ablation.sh (its check stage) first")
+            raise CLIError(
+                f"--plan {plan_path}: no such file; run scripts/ablation.sh --tables {args.tables} (its check stage) first"
+            )
         with open(plan_path, encoding="utf-8") as f:
             plan = json.load(f)
+        made = tuple(plan.get("tables", ablation.TABLES))
+        if made != tables:
+            raise CLIError(
+                f"--plan {plan_path} is for --tables {','.join(map(str, made))}, not --tables {args.tables}: pass "
+                f"--tables {','.join(map(str, made))}, or run scripts/ablation.sh --tables {args.tables} first"
+            )
         md, result = ablation.build_tables(args.work, read_config(args.config), plan, args.command)
         write_json(args.out_json, result)
         write_text(args.out_md, md)
