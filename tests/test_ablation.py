@@ -385,16 +385,34 @@ def test_script_refuses_bad_arguments_at_once(tmp_path, args, message):
         assert not (tmp_path / "w").exists()
 
 
+def _trained(work: Path):
+    return {p.parent.name for p in work.glob("*/checkpoint_last.pt")}
+
+
 @pytest.fixture(scope="module")
-def quick_table2(tmp_path_factory, multi30k):
-    """``ablation.sh multi30k_en_de --quick --tables 2`` in a new work folder: (work, CompletedProcess, the
-    folders that had a trained model after it, the files in its results folder then)."""
+def quick_sweep(tmp_path_factory, multi30k):
+    """``ablation.sh multi30k_en_de --quick --bpe-sweep 300`` in a new work folder, the first run of this module's
+    shared one: (work, CompletedProcess, the folders that had a trained model after it, its CSV rows)."""
     work = tmp_path_factory.mktemp("ablation") / "work"
+    proc = run_ablation("multi30k_en_de", "--quick", "--bpe-sweep", "300", "--work", work, "--data", multi30k,
+                        "--threads", "2")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(work / "results" / "bpe_sweep.csv") as f:
+        rows = [(r["tgt_merges"], r["key"]) for r in csv.DictReader(f)]
+    return work, proc, sorted(_trained(work)), rows
+
+
+@pytest.fixture(scope="module")
+def quick_table2(quick_sweep, multi30k):
+    """Then ``ablation.sh multi30k_en_de --quick --tables 2`` in the same work folder: (work, CompletedProcess, the
+    folders it trained a model in, the files in its results folder then)."""
+    work = quick_sweep[0]
+    before = _trained(work)
     proc = run_ablation("multi30k_en_de", "--quick", "--tables", "2", "--work", work, "--data", multi30k,
                         "--threads", "2")  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     written = sorted(p.name for p in (work / "results").iterdir())
-    return work, proc, sorted(p.parent.name for p in work.glob("*/checkpoint_last.pt")), written
+    return work, proc, sorted(_trained(work) - before), written
 
 
 @pytest.fixture(scope="module")
@@ -451,7 +469,9 @@ def test_bpe_sweep_quick_writes_csv_and_plot(quick, multi30k):
     with open(work / "results" / "bpe_sweep.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["tgt_merges"], r["key"]) for r in rows] == [("200", "bpe10k"), ("300", "sweep_tgt300")]
-    assert "bpe10k: trained (" in proc.stdout and "bpe10k: fairseq-train" not in proc.stdout  # 200: reused
+    # 200 is + BPE 10K (the tables' model), 300 the first sweep's: both reused, nothing trained
+    assert "bpe10k: trained (" in proc.stdout and "sweep_tgt300: trained (" in proc.stdout
+    assert "fairseq-train" not in proc.stdout
     assert int(rows[1]["tgt_vocab"]) > int(rows[0]["tgt_vocab"])
     for r in rows:
         assert float(r["valid_bleu"]) >= 0 and float(r["cpu_fairseq_sent_per_s"]) > 0
@@ -463,23 +483,19 @@ def test_bpe_sweep_quick_writes_csv_and_plot(quick, multi30k):
 
 
 @pytest.mark.slow
-def test_bpe_sweep_trains_only_its_points(tmp_path, multi30k):
+def test_bpe_sweep_trains_only_its_points(quick_sweep):
     """A sweep without the config's own count needs reproduce.sh's data, not its models: only the points are
     trained (no Baseline, + BPE 10K or MDN)."""
-    work = tmp_path / "work"
-    proc = run_ablation("multi30k_en_de", "--quick", "--bpe-sweep", "300", "--work", work, "--data", multi30k,
-                        "--threads", "2")  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    work, proc, trained, rows = quick_sweep
     assert "] S0 prepare" in proc.stdout and (work / "data" / "mdn" / "bin").is_dir()
-    trained = sorted(p.parent.name for p in work.glob("*/checkpoint_last.pt"))
     assert trained == ["sweep_tgt300"]
-    with open(work / "results" / "bpe_sweep.csv") as f:
-        assert [(r["tgt_merges"], r["key"]) for r in csv.DictReader(f)] == [("300", "sweep_tgt300")]
+    assert rows == [("300", "sweep_tgt300")]
 
 
 @pytest.mark.slow
 def test_table_2_alone_trains_only_its_rows(quick_table2):
-    """--tables 2 needs reproduce.sh's data and + BPE 10K, not its Baseline or MDN, nor Table 5's rows."""
+    """--tables 2 needs reproduce.sh's data and + BPE 10K, not its Baseline or MDN, nor Table 5's rows (a sweep's
+    data, made before it in the same work folder, is reused)."""
     work, proc, trained, written = quick_table2
     assert "] A1 reproduce.sh's data (mdn-prepare) and + BPE 10K" in proc.stdout
     assert trained == ["abl2_ffn", "abl2_heads", "abl2_rank", "abl2_shallow", "bpe10k"]
