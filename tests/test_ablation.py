@@ -494,8 +494,7 @@ def test_bpe_sweep_trains_only_its_points(quick_sweep):
 
 @pytest.mark.slow
 def test_table_2_alone_trains_only_its_rows(quick_table2):
-    """--tables 2 needs reproduce.sh's data and + BPE 10K, not its Baseline or MDN, nor Table 5's rows (a sweep's
-    data, made before it in the same work folder, is reused)."""
+    """--tables 2 needs reproduce.sh's data and + BPE 10K, not its Baseline or MDN, nor Table 5's rows."""
     work, proc, trained, written = quick_table2
     assert "] A1 reproduce.sh's data (mdn-prepare) and + BPE 10K" in proc.stdout
     assert trained == ["abl2_ffn", "abl2_heads", "abl2_rank", "abl2_shallow", "bpe10k"]
