@@ -2,7 +2,8 @@
 # Read by scripts/reproduce.sh (bash `source`) and by mdn-prepare (KEY=VALUE lines; no inline comments).
 # MEASURED (bash scripts/reproduce.sh multi30k_en_de_small --threads 2, 2-core AMD EPYC; the teacher's first 100
 # updates shared the cores with a test run, the rest ran alone): about 2 h in all (aim: <= 3 h) on a slower day
-# of that machine: prepare 24 s, baseline 37.4 min (133 updates an epoch, 0.71 a second), teacher ~35 min, distilled pairs 3.8 min, MDN 30.7 min (6 epochs of 267 updates),
+# of that machine: prepare 24 s, baseline 37.4 min (133 updates an epoch, 0.71 a second), teacher ~35 min,
+# distilled pairs 3.8 min, MDN 30.7 min (6 epochs of 267 updates),
 # evaluation 3 min, benchmark 3.4 min. BLEU on test_2016_flickr: baseline 35.55, teacher 35.34 (aim >= 34: met),
 # MDN 35.28 (aim: within 0.5 of the teacher; -0.06, met); the MDN's lean search 4.29x the baseline's fairseq speed
 TASK=multi30k_en_de_small
